@@ -1,0 +1,189 @@
+"""Tiny test clips written with PyAV (tests build their own inputs; no shared media needed).
+
+Convention:
+    Sizes are ``(width, height)`` in pixels of the *coded* picture (what is stored in the file).
+    Frame ``i`` shows :func:`frame_pattern` ``(i)``: a grey level that rises with ``i`` plus a white
+    square that moves right with ``i`` and a red bar along the upright top edge, so a test can
+    tell frame order (:func:`identify_frame`) and orientation from decoded pixels.
+    Audio is a 440 Hz sine at 48 kHz, one track per requested stream, covering the video's span.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+AUDIO_RATE = 48_000  # Hz; opus only accepts 48 kHz, so every track uses it
+SINE_HZ = 440.0
+# Per-codec sample format the encoder wants and whether it needs the MOV/MKV container for PCM.
+_AUDIO_CODECS = {"aac": "fltp", "pcm_s16le": "s16", "opus": "flt", "libopus": "flt", "mp3": "fltp"}
+_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".h264": "h264"}
+
+
+def frame_pattern(index: int, width: int, height: int) -> np.ndarray:
+    """Upright RGB ``(height, width, 3)`` uint8 picture that identifies frame ``index``.
+
+    Grey background ``40 + 6 * index`` (mod 160), a 25%-of-height white square whose left edge
+    moves ``width / 16`` px per frame (wrapping), and a red bar on the top eighth of the rows.
+    """
+    rgb = np.full((height, width, 3), 40 + (6 * index) % 160, dtype=np.uint8)
+    side = max(2, height // 4)
+    x0 = (index * max(1, width // 16)) % max(1, width - side)
+    y0 = height // 2 - side // 2
+    rgb[y0 : y0 + side, x0 : x0 + side] = 255
+    rgb[: max(1, height // 8), :, :] = (220, 30, 30)
+    return rgb
+
+
+def identify_frame(rgb: np.ndarray, n_frames: int, *, drawn_size: tuple[int, int] | None = None) -> int:
+    """Index ``i < n_frames`` whose :func:`frame_pattern` is closest (MSE) to upright ``rgb``.
+
+    ``drawn_size``: upright ``(width, height)`` the pattern was drawn at, when ``rgb`` is that
+    picture cropped to even size; defaults to ``rgb``'s own size.
+    """
+    h, w = rgb.shape[:2]
+    dw, dh = drawn_size or (w, h)
+    errors = [
+        np.mean((frame_pattern(i, dw, dh)[:h, :w].astype(np.float32) - rgb.astype(np.float32)) ** 2)
+        for i in range(n_frames)
+    ]
+    return int(np.argmin(errors))
+
+
+def vfr_times(n_frames: int) -> list[Fraction]:
+    """Irregular frame times in seconds: gaps cycle 40, 20, 60, 33 ms (a VFR phone clip's jitter)."""
+    gaps_ms = (40, 20, 60, 33)
+    times, t = [], Fraction(0)
+    for i in range(n_frames):
+        times.append(t)
+        t += Fraction(gaps_ms[i % len(gaps_ms)], 1000)
+    return times
+
+
+def make_clip(
+    path: str | Path,
+    *,
+    size: tuple[int, int] = (64, 48),
+    n_frames: int = 8,
+    fps: int = 24,
+    audio: str | None = "aac",
+    audio_streams: int = 1,
+    languages: tuple[str, ...] = ("eng", "fra", "deu"),
+    audio_channels: int = 2,
+    vfr: bool = False,
+    rotation: int = 0,
+    start_s: Fraction | float = 0,
+    audio_start_s: Fraction | float | None = None,
+    audio_extra_s: float = 0.0,
+    faststart: bool = False,
+) -> Path:
+    """Write a tiny H.264 clip with PyAV; the container comes from the extension.
+
+    Args:
+        path: ``.mp4``, ``.mov``, ``.mkv`` or ``.h264`` (raw Annex-B stream: no timestamps, no audio).
+        size: coded ``(width, height)`` px; odd sizes are allowed (written as yuv444p via
+            libx264, which accepts odd sizes only without chroma subsampling).
+        n_frames: number of video frames.
+        fps: nominal frame rate; frame ``i`` is at ``start_s + i / fps`` s unless ``vfr``.
+        audio: audio codec name or ``None``; ``"pcm_s16le"`` needs ``.mov``/``.mkv``.
+        audio_streams: number of audio tracks; track ``k`` gets language ``languages[k]``.
+        vfr: use :func:`vfr_times` (ms time base) instead of a constant rate.
+        rotation: display rotation in degrees counter-clockwise (what ``VideoFrame.rotation``
+            reads back); the coded frames are drawn rotated the other way so that applying it
+            shows :func:`frame_pattern` upright.
+        start_s: time of the first video frame (a non-zero start pts).
+        audio_start_s: time of the first audio sample; defaults to ``start_s``.
+        audio_extra_s: audio runs this much past the end of the last video frame.
+        faststart: MP4/MOV index (moov) before the data, so a cut-off copy still opens.
+    Returns:
+        ``Path(path)``.
+    """
+    path = Path(path)
+    fmt = _FORMATS[path.suffix.lower()]
+    width, height = size
+    upright_w, upright_h = (height, width) if rotation % 180 else (width, height)
+    start_s = Fraction(start_s).limit_denominator(1000)
+
+    if vfr:
+        time_base = Fraction(1, 1000)
+        times = [start_s + t for t in vfr_times(n_frames)]
+        end_s = times[-1] + Fraction(1, fps)
+    else:
+        time_base = Fraction(1, fps * 1000) if start_s else Fraction(1, fps)
+        times = [start_s + Fraction(i, fps) for i in range(n_frames)]
+        end_s = start_s + Fraction(n_frames, fps)
+
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", format=fmt, options=options) as out:
+        # Every stream is added before the first mux (see DESIGN.md: "Cannot rebase to zero time").
+        vstream = out.add_stream("libx264", rate=fps)
+        vstream.width, vstream.height = width, height
+        odd = width % 2 or height % 2
+        vstream.pix_fmt = "yuv444p" if odd else "yuv420p"
+        vstream.time_base = time_base
+        vstream.codec_context.time_base = time_base
+        vstream.options = {"preset": "ultrafast", "crf": "10"}
+        if rotation:
+            vstream.set_display_rotation(rotation)
+
+        astreams = []
+        if audio is not None and fmt != "h264":
+            for k in range(audio_streams):
+                astream = out.add_stream(audio, rate=AUDIO_RATE)
+                astream.layout = "stereo" if audio_channels == 2 else "mono"
+                astream.time_base = Fraction(1, AUDIO_RATE)
+                astream.metadata["language"] = languages[k]
+                astreams.append(astream)
+
+        for i, t in enumerate(times):
+            upright = frame_pattern(i, upright_w, upright_h)
+            coded = np.ascontiguousarray(np.rot90(upright, k=-(rotation // 90))) if rotation else upright
+            frame = av.VideoFrame.from_ndarray(coded, format="rgb24")
+            frame.pts = int(t / time_base)
+            frame.time_base = time_base
+            out.mux(vstream.encode(frame))
+        out.mux(vstream.encode(None))
+
+        a_start = start_s if audio_start_s is None else Fraction(audio_start_s).limit_denominator(1000)
+        a_end = end_s + Fraction(audio_extra_s).limit_denominator(1000)
+        for k, astream in enumerate(astreams):
+            _write_sine(out, astream, a_start, a_end, audio_channels, phase=k)
+    return path
+
+
+def _write_sine(out, astream, start_s: Fraction, end_s: Fraction, channels: int, *, phase: int) -> None:
+    """Mux a 440 Hz sine from ``start_s`` to ``end_s`` seconds in 1024-sample float frames."""
+    total = int(round((end_s - start_s) * AUDIO_RATE))
+    first = int(round(start_s * AUDIO_RATE))
+    chunk = 1024
+    for offset in range(0, total, chunk):
+        n = min(chunk, total - offset)
+        t = (np.arange(offset, offset + n) + first) / AUDIO_RATE
+        wave = (0.3 * np.sin(2 * np.pi * SINE_HZ * t + phase)).astype(np.float32)
+        planes = np.repeat(wave[None, :], channels, axis=0)
+        frame = av.AudioFrame.from_ndarray(planes, format="fltp", layout="stereo" if channels == 2 else "mono")
+        frame.sample_rate = AUDIO_RATE
+        frame.pts = first + offset
+        frame.time_base = Fraction(1, AUDIO_RATE)
+        out.mux(astream.encode(frame))
+    out.mux(astream.encode(None))
+
+
+def make_audio_only(path: str | Path, *, seconds: float = 0.5) -> Path:
+    """Write an AAC-only ``.m4a``/``.mp4`` (no video stream) with a 440 Hz sine."""
+    path = Path(path)
+    with av.open(str(path), "w", format="mp4") as out:
+        astream = out.add_stream("aac", rate=AUDIO_RATE)
+        astream.layout = "mono"
+        _write_sine(out, astream, Fraction(0), Fraction(seconds).limit_denominator(1000), 1, phase=0)
+    return path
+
+
+def truncate_file(src: str | Path, dst: str | Path, *, keep: float) -> Path:
+    """Copy the first ``keep`` fraction (0..1) of ``src``'s bytes to ``dst``: a cut-off download."""
+    data = Path(src).read_bytes()
+    Path(dst).write_bytes(data[: int(len(data) * keep)])
+    return Path(dst)

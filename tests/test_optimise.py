@@ -1,0 +1,91 @@
+import numpy as np
+import torch
+
+from videostyle import features, losses, optimise
+from videostyle.temporal import initial_image, long_term_masks
+
+STYLE_LAYERS = {"relu1_1": 0.2, "relu2_1": 0.2, "relu3_1": 0.2, "relu4_1": 0.2, "relu5_1": 0.2}
+
+
+def _smooth_noise(h, w, cell, generator):
+    """Bicubic-upsampled noise: a smooth, photo-like ``(1, 3, h, w)`` image in [0, 1]."""
+    coarse = torch.rand(1, 3, h // cell + 2, w // cell + 2, generator=generator)
+    return torch.nn.functional.interpolate(coarse, size=(h, w), mode="bicubic").clamp(0, 1)
+
+
+def _setup(temporal=()):
+    g = torch.Generator().manual_seed(1)
+    content = _smooth_noise(48, 64, 8, g) * 0.6 + 0.2
+    style = (_smooth_noise(64, 64, 4, g) > 0.5).float() * 0.8 + 0.1  # saturated colour blobs
+    enc = features.VGGEncoder(["relu4_2", *STYLE_LAYERS], features.resolve_weights("untrained"))
+    targets = optimise.compute_style_targets(enc, [style], [1.0], list(STYLE_LAYERS))
+    weights = optimise.LossWeights(1.0, 20.0, 0.0, {"relu4_2": 1.0}, STYLE_LAYERS)
+    return enc, content, targets, weights, optimise.FrameObjective(enc, content, targets, weights, temporal)
+
+
+def test_style_loss_of_result_is_far_below_that_of_the_content_frame():
+    _, content, _, _, objective = _setup()
+    before = float(objective(content)[1]["style"])
+    result = optimise.stylise_frame(objective, content, iterations=30)
+    assert result.iterations == 30
+    assert result.losses["style"] < 0.25 * before
+    assert result.image.shape == content.shape
+    assert result.image.min() >= 0 and result.image.max() <= 1
+
+
+def test_adam_also_lowers_the_loss():
+    _, content, _, _, objective = _setup()
+    before = float(objective(content)[0])
+    result = optimise.stylise_frame(objective, content, iterations=20, optimizer="adam", learning_rate=0.05)
+    assert result.losses["total"] < 0.7 * before
+
+
+def test_relative_tolerance_stops_early():
+    _, content, _, _, objective = _setup()
+    result = optimise.stylise_frame(objective, content, iterations=200, tol_loss_relative=0.05)
+    assert 1 < result.iterations < 200
+
+
+def test_style_blend_with_weights_one_zero_equals_single_style():
+    enc, content, targets, _, _ = _setup()
+    other = torch.rand(1, 3, 40, 40)
+    style = torch.zeros(1, 3, 48, 48)
+    style[:, 0, :, ::2] = 1
+    single = optimise.compute_style_targets(enc, [style], [1.0], list(STYLE_LAYERS))
+    blended = optimise.compute_style_targets(enc, [style, other], [1.0, 0.0], list(STYLE_LAYERS))
+    for layer in STYLE_LAYERS:
+        assert torch.allclose(single.grams[layer], blended.grams[layer])
+
+
+def test_temporal_term_pulls_result_towards_warped_previous():
+    enc, content, targets, weights, plain = _setup()
+    prev = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(7))
+    term = optimise.TemporalTerm(prev, torch.ones(1, 1, 48, 64), 1e4)
+    tied = optimise.FrameObjective(enc, content, targets, weights, [term])
+    free = optimise.stylise_frame(plain, content, iterations=15).image
+    held = optimise.stylise_frame(tied, content, iterations=15).image
+    assert losses.temporal_loss(held, prev, torch.ones(48, 64)) < 0.5 * losses.temporal_loss(
+        free, prev, torch.ones(48, 64))
+
+
+def test_long_term_masks_count_each_pixel_once_closest_first():
+    m1 = np.array([[1, 0, 0, 1]], np.float32)
+    m2 = np.array([[1, 1, 0, 0]], np.float32)
+    m4 = np.array([[1, 1, 1, 0]], np.float32)
+    out = long_term_masks({4: m4, 1: m1, 2: m2})
+    np.testing.assert_array_equal(out[1], m1)
+    np.testing.assert_array_equal(out[2], [[0, 1, 0, 0]])
+    np.testing.assert_array_equal(out[4], [[0, 0, 1, 0]])
+
+
+def test_prev_warped_init_fills_unreliable_pixels_from_content():
+    content = torch.zeros(1, 3, 2, 2)
+    warped = torch.ones(1, 3, 2, 2)
+    mask = torch.tensor([[1.0, 0.0], [0.0, 1.0]])[None, None]
+    init = initial_image("prev-warped", content=content, previous=warped, warped_previous=warped, mask=mask)
+    assert torch.equal(init[0, 0], torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    first = initial_image("prev-warped", content=content)  # frame 0 has no previous output
+    assert torch.equal(first, content)
+    noise = initial_image("noise", content=content, generator=torch.Generator().manual_seed(3))
+    again = initial_image("noise", content=content, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(noise, again) and noise.std() > 0.1

@@ -1,0 +1,20 @@
+"""videostyle: video style transfer with temporal coherence, audio and timing kept, resumable."""
+
+__version__ = "0.1.0"
+
+from .config import RunOptions, StyleConfig  # noqa: E402
+
+
+def stylize_video(*args, **kwargs):
+    """See :func:`videostyle.pipeline.stylize_video`."""
+    from .pipeline import stylize_video as run
+    return run(*args, **kwargs)
+
+
+def stylize_image(*args, **kwargs):
+    """See :func:`videostyle.pipeline.stylize_image`."""
+    from .pipeline import stylize_image as run
+    return run(*args, **kwargs)
+
+
+__all__ = ["StyleConfig", "RunOptions", "stylize_video", "stylize_image", "__version__"]

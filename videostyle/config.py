@@ -1,0 +1,135 @@
+"""Run configuration: frozen dataclasses built once by the CLI (or the Python API).
+
+``StyleConfig`` holds everything that changes the stylised frames; its :meth:`StyleConfig.stable_hash`
+is what a resumed run must match. Settings that do not change the frames (device, encoder quality,
+verbosity, work dir) live in :class:`RunOptions` and may differ between a run and its resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+DEFAULT_CONTENT_LAYERS = (("relu4_2", 1.0),)
+DEFAULT_STYLE_LAYERS = (("relu1_1", 1.0), ("relu2_1", 1.0), ("relu3_1", 1.0),
+                        ("relu4_1", 1.0), ("relu5_1", 1.0))
+
+INITS_FIRST = ("content", "noise")
+INITS = ("prev-warped", "prev", "content", "noise")
+OPTIMIZERS = ("lbfgs", "adam")
+POOLINGS = ("avg", "max")
+
+
+@dataclass(frozen=True)
+class StyleConfig:
+    """What the optimiser does to every frame.
+
+    Attributes:
+        styles: style image paths; ``style_weights`` blends them (normalised to sum 1; empty = equal).
+        size: long edge of the working resolution, px (even sizes are kept).
+        style_scale: style image long edge relative to ``size``.
+        iters_first / iters: optimiser iterations for the first frame / later frames.
+        content_weight, style_weight, tv_weight, temporal_weight: loss weights (content and style terms
+            are normalised per layer by their target magnitude, see :mod:`videostyle.losses`).
+        content_layers / style_layers: ``(layer, weight)`` pairs; layer weights are normalised to sum 1.
+        pooling: ``avg`` (Gatys) or ``max`` (VGG's own).
+        init_first: ``content`` or ``noise`` for frame 0; init: for later frames (``prev-warped`` Ruder).
+        flow: optical flow method; flow_offsets: temporal terms to frames t-k (``(1,)`` short-term only).
+        tol_loss_relative: stop a frame early when the loss changes by less than this fraction per
+            iteration (0 disables), as artistic-videos' ``-tol_loss_relative``.
+        weights: ``auto|imagenet|untrained|PATH`` (see :mod:`videostyle.features`).
+        seed: seeds noise init; the untrained weights have their own fixed seed.
+    """
+
+    styles: tuple[str, ...]
+    style_weights: tuple[float, ...] = ()
+    size: int = 512
+    style_scale: float = 1.0
+    iters_first: int = 300
+    iters: int = 150
+    optimizer: str = "lbfgs"
+    learning_rate: float = 0.02
+    content_weight: float = 1.0
+    style_weight: float = 20.0
+    tv_weight: float = 0.0
+    temporal_weight: float = 200.0
+    content_layers: tuple[tuple[str, float], ...] = DEFAULT_CONTENT_LAYERS
+    style_layers: tuple[tuple[str, float], ...] = DEFAULT_STYLE_LAYERS
+    pooling: str = "avg"
+    init_first: str = "content"
+    init: str = "prev-warped"
+    flow: str = "dis"
+    flow_offsets: tuple[int, ...] = (1,)
+    tol_loss_relative: float = 0.0
+    weights: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.styles:
+            raise ValueError("at least one style image is required")
+        if self.style_weights and len(self.style_weights) != len(self.styles):
+            raise ValueError(f"{len(self.styles)} style images but {len(self.style_weights)} style weights")
+        if any(w < 0 for w in self.style_weights) or (self.style_weights and sum(self.style_weights) <= 0):
+            raise ValueError(f"style weights must be >= 0 with a positive sum, got {self.style_weights}")
+        if self.size < 16:
+            raise ValueError(f"--size must be at least 16 px, got {self.size}")
+        if self.iters_first < 0 or self.iters < 0:
+            raise ValueError(f"iterations must be >= 0, got {self.iters_first},{self.iters}")
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("pooling", self.pooling, POOLINGS)
+        _check_choice("init-first", self.init_first, INITS_FIRST)
+        _check_choice("init", self.init, INITS)
+        if not self.flow_offsets or any(k < 1 for k in self.flow_offsets):
+            raise ValueError(f"flow offsets must be positive integers, got {self.flow_offsets}")
+
+    @property
+    def blend_weights(self) -> tuple[float, ...]:
+        """Style blend weights normalised to sum 1."""
+        raw = self.style_weights or (1.0,) * len(self.styles)
+        total = sum(raw)
+        return tuple(w / total for w in raw)
+
+    @property
+    def needs_flow(self) -> bool:
+        return self.init == "prev-warped" or self.temporal_weight > 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StyleConfig":
+        tuple_fields = {f.name for f in dataclasses.fields(cls)
+                        if str(f.type).startswith("tuple")}
+        kwargs = {}
+        for key, value in data.items():
+            if key in tuple_fields:
+                value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    def stable_hash(self) -> str:
+        """sha256 of the canonical JSON form; equal configs give equal hashes across runs."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is executed; none of these change the stylised frames' pixels."""
+
+    device: str = "auto"
+    crf: int = 18
+    preset: str = "medium"
+    output_size: str = "source"   # "source" (upscale to the input's size) or "working"
+    workdir: str | None = None
+    quiet: bool = False
+    verbose: bool = False
+    restart: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"--{name} must be one of {', '.join(choices)}; got {value!r}")

@@ -1,0 +1,267 @@
+"""The video loop: probe -> decode (thread) -> flow (worker) -> optimise -> journal -> encode.
+
+Flow depends only on source frames, so :class:`~videostyle.flow.FlowWorker` computes it ahead of the
+optimiser. Every finished frame is journaled (see :mod:`videostyle.journal`), and the encoder reads
+the journaled frames, so an interrupted run resumes without redoing finished frames and produces the
+same frames as an uninterrupted one: the warm start always uses the saved 8-bit previous frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import __version__, images
+from .config import RunOptions, StyleConfig
+from .errors import InputError, OutputError
+from .features import VGGEncoder, resolve_weights
+from .flow import FlowEstimator, FlowWorker
+from .journal import WorkDir, file_fingerprint
+from .optimise import (FrameObjective, LossWeights, StyleTargets, TemporalTerm, compute_style_targets,
+                       stylise_frame)
+from .temporal import initial_image, long_term_masks, mask_tensor, warp_previous
+from .video.decode import FramePrefetcher, iter_frames
+from .video.encode import check_output_path, encode_video
+from .video.probe import VideoInfo, probe_video
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {name} requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def _normalised(pairs) -> dict[str, float]:
+    total = sum(w for _, w in pairs)
+    return {layer: w / total for layer, w in pairs}
+
+
+class Stylizer:
+    """Holds what is fixed for a whole run: device, VGG encoder, style targets and loss weights."""
+
+    def __init__(self, cfg: StyleConfig, *, device: torch.device, working_size: tuple[int, int]):
+        self.cfg = cfg
+        self.device = device
+        self.weights = resolve_weights(cfg.weights)
+        self.loss_weights = LossWeights(cfg.content_weight, cfg.style_weight, cfg.tv_weight,
+                                        _normalised(cfg.content_layers), _normalised(cfg.style_layers))
+        layers = [*self.loss_weights.content_layers, *self.loss_weights.style_layers]
+        self.encoder = VGGEncoder(layers, self.weights, pooling=cfg.pooling).to(device)
+        self.targets = self._style_targets(working_size)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    def _style_targets(self, working_size: tuple[int, int]) -> StyleTargets:
+        long_edge = max(16, int(round(max(working_size) * self.cfg.style_scale)))
+        style_images = []
+        for path in self.cfg.styles:
+            rgb = images.load_image(path)
+            rgb = images.resize_rgb(rgb, images.working_size(rgb.shape[1], rgb.shape[0], long_edge))
+            style_images.append(images.to_tensor(rgb, self.device))
+        return compute_style_targets(self.encoder, style_images, self.cfg.blend_weights,
+                                     list(self.loss_weights.style_layers))
+
+    def stylise(self, content: torch.Tensor, init: torch.Tensor, *, iterations: int,
+                temporal: tuple[TemporalTerm, ...] = ()):
+        objective = FrameObjective(self.encoder, content, self.targets, self.loss_weights, temporal)
+        return stylise_frame(objective, init, iterations=iterations, optimizer=self.cfg.optimizer,
+                             learning_rate=self.cfg.learning_rate,
+                             tol_loss_relative=self.cfg.tol_loss_relative)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    output: Path
+    frames: int
+    resumed_from: int
+    seconds_per_frame: float
+    weights_id: str
+    workdir: Path
+
+
+ProgressFactory = Callable[..., object]
+
+
+def default_workdir(output: Path) -> Path:
+    return output.with_name(output.name + ".videostyle-work")
+
+
+def build_manifest(cfg: StyleConfig, info: VideoInfo, weights_id: str,
+                   working: tuple[int, int]) -> dict:
+    return {
+        "config_hash": cfg.stable_hash(),
+        "config": cfg.to_dict(),
+        "source": str(info.path),
+        "source_fingerprint": file_fingerprint(info.path),
+        "style_fingerprints": [file_fingerprint(p) for p in cfg.styles],
+        "weights_id": weights_id,
+        "working_size": list(working),
+        "source_size": [info.width, info.height],
+        "frame_count_estimate": info.frame_count,
+        "versions": {"videostyle": __version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+    }
+
+
+def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: StyleConfig,
+                  opts: RunOptions = RunOptions(), *, progress: ProgressFactory | None = None) -> RunSummary:
+    """Stylise ``source`` into ``output`` (MP4/MOV/MKV), resuming from the work dir when possible.
+
+    Args:
+        progress: optional ``tqdm``-like factory called as ``progress(total=..., initial=...)``; the
+            returned object gets ``update(1)``, ``set_postfix_str(str)`` and ``close()``.
+    """
+    output = Path(output)
+    info = probe_video(source)
+    check_output_path(output, input_path=source)
+    device = pick_device(opts.device)
+    working = images.working_size(info.width, info.height, cfg.size)
+    stylizer = Stylizer(cfg, device=device, working_size=working)
+    workdir = Path(opts.workdir) if opts.workdir else default_workdir(output)
+    work = WorkDir.open(workdir, build_manifest(cfg, info, stylizer.weights.weights_id, working),
+                        restart=opts.restart)
+    resumed_from = work.finished_count
+    t0 = time.monotonic()
+    done_now = _stylise_frames(info, stylizer, work, working, progress=progress, verbose=opts.verbose)
+    elapsed = time.monotonic() - t0
+
+    out_size = (info.width, info.height) if opts.output_size == "source" else working
+    pts_list = [work.entries[i].pts for i in range(work.finished_count)]
+    encode_video(((images.resize_rgb(work.read_frame(i), out_size), pts) for i, pts in enumerate(pts_list)),
+                 output_path=output, time_base=info.time_base, source=info, crf=opts.crf,
+                 preset=opts.preset, average_rate=info.average_rate)
+    summary = RunSummary(output, work.finished_count, resumed_from,
+                         elapsed / done_now if done_now else 0.0, stylizer.weights.weights_id, workdir)
+    if not opts.extra.get("keep_workdir", False):
+        work.remove()
+    return summary
+
+
+def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working: tuple[int, int], *,
+                    progress: ProgressFactory | None, verbose: bool) -> int:
+    """Optimise and journal every frame not yet finished; returns how many were done in this call."""
+    cfg = stylizer.cfg
+    device = stylizer.device
+    start = work.finished_count
+    lookback = max(cfg.flow_offsets) if cfg.needs_flow else 1
+    # Decode from a little before the resume point: flows to earlier frames need their sources.
+    first_decoded = max(0, start - lookback)
+    bar = progress(total=info.frame_count, initial=start) if progress else None
+    done = 0
+    previous: dict[int, torch.Tensor] = {}  # saved outputs of recent frames, as read back from disk
+    for k in range(1, lookback + 1):
+        if start - k >= 0:
+            previous[start - k] = images.to_tensor(work.read_frame(start - k), device)
+    with FramePrefetcher(iter_frames(info, start=first_decoded)) as frames:
+        records = _frame_records(frames, cfg, working)
+        try:
+            for index, pts, content_rgb, flows, masks in records:
+                if index < start:
+                    continue
+                content = images.to_tensor(content_rgb, device)
+                init, temporal = _init_and_temporal(cfg, index, content, previous, flows, masks,
+                                                    stylizer.generator)
+                iterations = cfg.iters_first if index == 0 else cfg.iters
+                result = stylizer.stylise(content, init, iterations=iterations, temporal=temporal)
+                rgb = images.to_uint8(result.image)
+                work.write_frame(index, pts, rgb)
+                previous[index] = images.to_tensor(rgb, device)  # the 8-bit frame, as resume sees it
+                previous.pop(index - lookback, None)
+                done += 1
+                if verbose:
+                    log.info("frame %d: %s (%d it)", index,
+                             " ".join(f"{k}={v:.4g}" for k, v in result.losses.items()), result.iterations)
+                if bar is not None:
+                    bar.set_postfix_str(f"loss {result.losses['total']:.3g}")
+                    bar.update(1)
+        finally:
+            if hasattr(records, "close"):
+                records.close()
+            if bar is not None:
+                bar.close()
+    if work.finished_count == 0:
+        raise InputError(f"no frames could be decoded from {str(info.path)!r}")
+    return done
+
+
+def _frame_records(frames, cfg: StyleConfig, working: tuple[int, int]) -> Iterator:
+    """Yields ``(index, pts, content_rgb (H,W,3) uint8 at working size, flows, masks)``.
+
+    ``flows[k]`` is the backward flow t -> t-k ``(H, W, 2)`` px at the working size and ``masks[k]``
+    its ``(H, W)`` reliability; both empty when the config needs no flow.
+    """
+    if not cfg.needs_flow:
+        for frame in frames:
+            yield frame.index, frame.pts, images.resize_rgb(frame.rgb, working), {}, {}
+        return
+    pts_of: dict[int, int] = {}
+
+    def remember_pts(source):
+        for frame in source:
+            pts_of[frame.index] = frame.pts
+            yield frame
+
+    estimator = FlowEstimator(cfg.flow, device="cpu" if cfg.flow in ("dis", "farneback") else "auto")
+    with FlowWorker(remember_pts(frames), estimator, offsets=cfg.flow_offsets,
+                    resize_to=working) as worker:
+        for rec in worker:
+            yield (rec.index, pts_of.pop(rec.index), images.resize_rgb(rec.rgb, working),
+                   rec.back, rec.mask)
+
+
+def _init_and_temporal(cfg: StyleConfig, index: int, content: torch.Tensor,
+                       previous: dict[int, torch.Tensor], flows: dict, masks: dict,
+                       generator: torch.Generator) -> tuple[torch.Tensor, tuple[TemporalTerm, ...]]:
+    """Initial image and temporal terms for frame ``index`` (Ruder et al.)."""
+    if index == 0 or (index - 1) not in previous:
+        return initial_image(cfg.init_first, content=content, generator=generator), ()
+    warped, mask_t = {}, {}
+    if flows:
+        for k, mask in long_term_masks({k: masks[k] for k in flows if index - k in previous}).items():
+            warped[k] = warp_previous(previous[index - k], flows[k])
+            mask_t[k] = mask_tensor(mask, content.device)
+    init = initial_image(cfg.init, content=content, previous=previous[index - 1],
+                         warped_previous=warped.get(1),
+                         mask=mask_tensor(masks[1], content.device) if 1 in masks else None,
+                         generator=generator)
+    temporal = ()
+    if cfg.temporal_weight > 0:
+        temporal = tuple(TemporalTerm(warped[k], mask_t[k], cfg.temporal_weight) for k in sorted(warped))
+    return init, temporal
+
+
+def stylize_image(source: str | os.PathLike, output: str | os.PathLike, cfg: StyleConfig,
+                  opts: RunOptions = RunOptions()) -> dict[str, float]:
+    """Stylise one image; writes a PNG (or any format Pillow knows by extension) at the working size.
+
+    Returns the final loss terms.
+    """
+    output = Path(output)
+    if not output.parent.is_dir():
+        raise OutputError(f"output directory does not exist: {str(output.parent)!r}")
+    if output.suffix.lower() not in Image.registered_extensions():
+        raise OutputError(f"unsupported image extension {output.suffix!r} for {str(output)!r}; "
+                          f"use .png or .jpg")
+    rgb = images.load_image(source)
+    working = images.working_size(rgb.shape[1], rgb.shape[0], cfg.size)
+    stylizer = Stylizer(cfg, device=pick_device(opts.device), working_size=working)
+    content = images.to_tensor(images.resize_rgb(rgb, working), stylizer.device)
+    init = initial_image(cfg.init_first, content=content, generator=stylizer.generator)
+    result = stylizer.stylise(content, init, iterations=cfg.iters_first)
+    tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
+    images.save_image(images.to_uint8(result.image), tmp)
+    os.replace(tmp, output)
+    return result.losses

@@ -1,0 +1,68 @@
+"""Ruder et al. (2016) frame initialisation and temporal terms, built from flows and masks.
+
+Convention:
+    Images are ``(1, 3, H, W)`` float32 in [0, 1]; masks ``(1, 1, H, W)`` float32 in {0, 1};
+    flows ``(H, W, 2)`` float32 px, channel 0 = x, direction t -> t-k ("backward", see flow.py).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from .flow import warp
+
+
+def long_term_masks(masks: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Closest-first weighting of long-term masks (Ruder et al. eq. 6).
+
+    A pixel counts towards frame t-k only where no closer frame t-j (j < k) already covers it:
+    ``c_long[k] = max(c[k] - sum_{j<k} c[j], 0)``.
+
+    Args:
+        masks: ``{k: (H, W) float32 in {0, 1}}`` reliability of the warp from frame t-k.
+    Returns:
+        ``{k: (H, W) float32}`` with the same keys.
+    """
+    out: dict[int, np.ndarray] = {}
+    covered = None
+    for k in sorted(masks):
+        mask = masks[k].astype(np.float32)
+        out[k] = mask if covered is None else np.maximum(mask - covered, 0.0)
+        covered = mask if covered is None else covered + mask
+    return out
+
+
+def warp_previous(previous: torch.Tensor, flow_back: np.ndarray) -> torch.Tensor:
+    """Warp an earlier output ``(1, 3, H, W)`` to the current frame with flow t -> t-k ``(H, W, 2)``."""
+    return warp(previous, torch.from_numpy(flow_back).to(previous.device))
+
+
+def mask_tensor(mask: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """``(H, W)`` array -> ``(1, 1, H, W)`` float32 tensor on ``device``."""
+    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None].to(device)
+
+
+def initial_image(mode: str, *, content: torch.Tensor, previous: torch.Tensor | None = None,
+                  warped_previous: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """The optimiser's starting image for one frame.
+
+    Modes: ``content``; ``noise`` (uniform in [0, 1], seeded by ``generator``); ``prev`` (the previous
+    output as is); ``prev-warped`` (previous output warped by the backward flow, with pixels the
+    reliability ``mask`` rejects taken from ``content``). Without a previous output (frame 0), the
+    ``prev`` modes fall back to ``content``.
+    """
+    if mode == "noise":
+        return torch.rand(content.shape, generator=generator, dtype=content.dtype).to(content.device)
+    if mode == "content" or previous is None:
+        return content.clone()
+    if mode == "prev":
+        return previous.clone()
+    if mode == "prev-warped":
+        if warped_previous is None or mask is None:
+            raise ValueError("prev-warped init needs the warped previous output and its mask")
+        return mask * warped_previous + (1 - mask) * content
+    raise ValueError(f"unknown init mode {mode!r}")
