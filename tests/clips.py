@@ -18,8 +18,6 @@ import numpy as np
 
 AUDIO_RATE = 48_000  # Hz; opus only accepts 48 kHz, so every track uses it
 SINE_HZ = 440.0
-# Per-codec sample format the encoder wants and whether it needs the MOV/MKV container for PCM.
-_AUDIO_CODECS = {"aac": "fltp", "pcm_s16le": "s16", "opus": "flt", "libopus": "flt", "mp3": "fltp"}
 _FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".h264": "h264"}
 
 
@@ -187,3 +185,17 @@ def truncate_file(src: str | Path, dst: str | Path, *, keep: float) -> Path:
     data = Path(src).read_bytes()
     Path(dst).write_bytes(data[: int(len(data) * keep)])
     return Path(dst)
+
+
+def first_sound_s(path: str | Path, *, stream: int = 0, threshold: float = 0.05) -> float:
+    """Time in seconds of the first sample of audio stream ``stream`` louder than ``threshold``
+    (full scale 1.0): where the sine really starts, whatever the encoder delay/priming."""
+    with av.open(str(path)) as container:
+        for frame in container.decode(container.streams.audio[stream]):
+            samples = frame.to_ndarray()
+            if samples.dtype.kind == "i":
+                samples = samples / float(np.iinfo(samples.dtype).max)
+            loud = np.nonzero(np.abs(samples).max(axis=0) > threshold)[0]
+            if len(loud):
+                return frame.time + loud[0] / frame.sample_rate
+    raise ValueError(f"no audio above {threshold} in {path}")

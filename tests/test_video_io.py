@@ -17,6 +17,7 @@ import av
 import numpy as np
 import pytest
 from clips import (
+    first_sound_s,
     frame_pattern,
     identify_frame,
     make_audio_only,
@@ -284,24 +285,27 @@ def test_two_audio_streams_are_both_kept_with_languages(tmp_path):
     assert [(a.codec, a.language) for a in out.audio] == [("aac", "eng"), ("aac", "fra")]
 
 
-def test_start_offset_and_audio_offset_are_kept(tmp_path):
-    src = make_clip(tmp_path / "late.mp4", start_s=Fraction(1, 2), audio_start_s=Fraction(1, 4))
+@pytest.mark.parametrize(("name", "codec"), [("late.mp4", "aac"), ("late.mov", "pcm_s16le")])
+def test_start_offset_and_audio_offset_are_kept(tmp_path, name, codec):
+    # Video starts at 0.5 s, the sound at 0.25 s: both offsets must survive copy and transcode.
+    src = make_clip(tmp_path / name, audio=codec, start_s=Fraction(1, 2), audio_start_s=Fraction(1, 4))
     info, out = _round_trip(src, tmp_path / "out.mp4")
     assert _times(out)[0] == pytest.approx(0.5, abs=TIME_TOLERANCE_S)
     assert _times(out) == pytest.approx(_times(info), abs=TIME_TOLERANCE_S)
-    assert out.audio[0].start_time_s == pytest.approx(info.audio[0].start_time_s, abs=TIME_TOLERANCE_S)
+    assert first_sound_s(src) == pytest.approx(0.25, abs=TIME_TOLERANCE_S)
+    assert first_sound_s(out.path) == pytest.approx(first_sound_s(src), abs=TIME_TOLERANCE_S)
 
 
 def test_full_render_keeps_all_audio_partial_render_cuts_it(tmp_path):
     src = make_clip(tmp_path / "long_audio.mp4", audio_extra_s=0.5)
     info = probe_video(src)
     frames = list(iter_frames(info))
-    encode_video(((f.rgb, f.pts) for f in frames), output_path=tmp_path / "full.mp4", time_base=info.time_base, source=info)
+    pairs = [(f.rgb, f.pts) for f in frames]
+    encode_video(pairs, output_path=tmp_path / "full.mp4", time_base=info.time_base, source=info)
     full = probe_video(tmp_path / "full.mp4")
     assert full.audio[0].duration_s == pytest.approx(info.audio[0].duration_s, abs=AUDIO_TOLERANCE_S)
 
-    half = frames[: N // 2]
-    encode_video(((f.rgb, f.pts) for f in half), output_path=tmp_path / "part.mp4", time_base=info.time_base, source=info)
+    encode_video(pairs[: N // 2], output_path=tmp_path / "part.mp4", time_base=info.time_base, source=info)
     part = probe_video(tmp_path / "part.mp4")
     assert part.frame_count == N // 2
     assert part.audio[0].duration_s == pytest.approx((N // 2) / FPS, abs=AUDIO_TOLERANCE_S)
@@ -328,7 +332,8 @@ def test_encode_rejects_non_increasing_pts_and_leaves_no_file(tmp_path):
 
 def test_encode_rejects_odd_frames(tmp_path):
     with pytest.raises(ValueError, match="even"):
-        encode_video([(np.zeros((49, 64, 3), np.uint8), 0)], output_path=tmp_path / "o.mp4", time_base=Fraction(1, 24))
+        odd = np.zeros((49, 64, 3), np.uint8)
+        encode_video([(odd, 0)], output_path=tmp_path / "o.mp4", time_base=Fraction(1, 24))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -348,7 +353,10 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "text": (text, "not a video file: '{p}' (FFmpeg: Invalid data found when processing input)"),
         "random": (noise, "not a video file: '{p}' (FFmpeg: Invalid data found when processing input)"),
         "png": (png, "expected a video, got a still image: '{p}' (format png_pipe, codec png)"),
-        "audio_only": (make_audio_only(tmp_path / "voice.m4a"), "no video stream in '{p}' (streams found: audio aac)"),
+        "audio_only": (
+            make_audio_only(tmp_path / "voice.m4a"),
+            "no video stream in '{p}' (streams found: audio aac)",
+        ),
         "truncated": (
             truncate_file(whole, tmp_path / "cut.mp4", keep=0.5),
             "truncated video file (no MP4 index): '{p}' (FFmpeg: moov atom not found)",
@@ -387,16 +395,19 @@ def test_unsupported_output_extension_is_refused_before_encoding(tmp_path):
     out = tmp_path / "out.avi"
     with pytest.raises(OutputError) as excinfo:
         encode_video(_never_iterated(), output_path=out, time_base=Fraction(1, 24))
-    assert str(excinfo.value) == f"unsupported output extension '.avi' in '{out}': expected one of .mp4, .m4v, .mov, .mkv"
+    expected = f"unsupported output extension '.avi' in '{out}': expected one of .mp4, .m4v, .mov, .mkv"
+    assert str(excinfo.value) == expected
 
 
 def test_output_equal_to_input_is_refused_and_input_untouched(tmp_path):
     src = make_clip(tmp_path / "a.mp4")
     before = src.read_bytes()
     info = probe_video(src)
+    same = tmp_path / "sub" / ".." / "a.mp4"  # spelled differently, same file
+    (tmp_path / "sub").mkdir()
     with pytest.raises(OutputError) as excinfo:
-        encode_video(_never_iterated(), output_path=tmp_path / "." / "a.mp4", time_base=info.time_base, source=info)
-    assert str(excinfo.value) == f"output path is the input video: '{tmp_path / 'a.mp4'}' (writing it would destroy the input)"
+        encode_video(_never_iterated(), output_path=same, time_base=info.time_base, source=info)
+    assert str(excinfo.value) == f"output path is the input video: '{same}' (writing it would destroy the input)"
     assert src.read_bytes() == before
 
 

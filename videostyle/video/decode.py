@@ -91,7 +91,8 @@ def iter_frames(info: VideoInfo, *, start: int = 0) -> Iterator[SourceFrame]:
         for frame in decoded:
             pts = next_pts(frame.pts if frame.pts is not None else frame.dts)
             if index >= start:
-                yield SourceFrame(index=index, pts=pts, time_s=float(pts * info.time_base), rgb=_to_rgb(frame, info))
+                time_s = float(pts * info.time_base)
+                yield SourceFrame(index=index, pts=pts, time_s=time_s, rgb=_to_rgb(frame, info))
             index += 1
             last_pts = pts
         bad_packets, stopped_by = decoded.bad_packets, decoded.error
