@@ -165,3 +165,60 @@ def stylise_frame(objective: FrameObjective, init: torch.Tensor, *, iterations: 
     final = {name: float(value) for name, value in parts.items()}
     final["total"] = float(total)
     return FrameResult(result, final, done if iterations else 0, history)
+
+
+def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(B, C, *size)``; area filter down, bilinear up."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    mode = "area" if size[0] * size[1] < image.shape[-2] * image.shape[-1] else "bilinear"
+    kwargs = {} if mode == "area" else {"align_corners": False}
+    return torch.nn.functional.interpolate(image, size=size, mode=mode, **kwargs)
+
+
+def octave_sizes(height: int, width: int, octaves: int, *, min_edge: int = 64) -> list[tuple[int, int]]:
+    """``(H, W)`` per octave, coarsest first, halving each time; octaves whose short edge would drop
+    below ``min_edge`` px are skipped (VGG's relu5_1 needs a few pixels left after 4 poolings)."""
+    sizes = []
+    for k in reversed(range(octaves)):
+        h, w = round(height / 2 ** k), round(width / 2 ** k)
+        if k == 0 or min(h, w) >= min_edge:
+            sizes.append((h, w))
+    return sizes
+
+
+def stylise_coarse_to_fine(encoder: VGGEncoder, content: torch.Tensor, init: torch.Tensor,
+                           targets: StyleTargets, weights: LossWeights,
+                           temporal: Sequence[TemporalTerm] = (), *, iterations: int, octaves: int = 2,
+                           coarse_iterations: int | None = None, **optimiser_kwargs) -> FrameResult:
+    """Optimise at 1/2^(octaves-1) of the size first, then upsample and refine at each finer octave.
+
+    The same style targets serve every octave (Gram matrices are normalised by C*H*W, so they are
+    comparable across sizes). A coarse iteration costs ~1/4 of one at the next octave up, so most of the
+    work that moves large structures happens cheaply. ``iterations`` is the count at full size;
+    ``coarse_iterations`` (default the same) at every coarser octave.
+
+    Returns the full-size result; ``iterations`` in it is the full-size count, ``history`` concatenates
+    all octaves.
+    """
+    sizes = octave_sizes(content.shape[-2], content.shape[-1], octaves)
+    coarse_iterations = iterations if coarse_iterations is None else coarse_iterations
+    history: list[float] = []
+    result = None
+    change = None  # what the coarser octaves did to the init, at the last size optimised
+    for level, size in enumerate(sizes):
+        last = level == len(sizes) - 1
+        scaled_temporal = [TemporalTerm(_resize(t.warped, size), _resize(t.mask, size), t.weight)
+                           for t in temporal]
+        objective = FrameObjective(encoder, _resize(content, size), targets, weights, scaled_temporal)
+        # Start from the init at this size plus the upsampled coarse change: this keeps the init's
+        # fine detail (e.g. the warped previous frame's brush strokes) instead of a blurry upsample.
+        start = _resize(init, size)
+        if change is not None:
+            start = start + _resize(change, size)
+        result = stylise_frame(objective, start,
+                               iterations=iterations if last else coarse_iterations, **optimiser_kwargs)
+        history += result.history
+        change = result.image - _resize(init, size)
+    result.history = history
+    return result
