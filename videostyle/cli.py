@@ -106,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("input", help="image file")
     i.add_argument("-o", "--output", help="output image (.png/.jpg); default INPUT_STYLE.png")
     _add_style_options(i, video=False)
+
+    v = sub.add_parser("evaluate", parents=[common], help="temporal warping error and losses of a stylised video")
+    v.add_argument("stylised", help="stylised video")
+    v.add_argument("--source", required=True, help="the video it was made from")
+    v.add_argument("--style", help="style image(s), comma-separated: also report content/style loss per frame")
+    v.add_argument("--weights", default="auto", help="VGG-19 weights for the losses: auto|imagenet|untrained|PATH")
+    v.add_argument("--device", default="auto")
+    v.add_argument("--plot", help="write a PNG plot of the error per frame")
     return parser
 
 
@@ -151,6 +159,8 @@ def _progress_factory(quiet: bool):
 def _run(args: argparse.Namespace) -> int:
     from . import pipeline
 
+    if args.command == "evaluate":
+        return _evaluate(args)
     opts = RunOptions(device=args.device, quiet=args.quiet, verbose=args.verbose)
     if args.command == "image":
         cfg = _style_config(args, video=False)
@@ -169,6 +179,19 @@ def _run(args: argparse.Namespace) -> int:
         resumed = f", resumed after {summary.resumed_from}" if summary.resumed_from else ""
         print(f"wrote {summary.output}: {summary.frames} frames{resumed}, "
               f"{summary.seconds_per_frame:.2f} s/frame, weights {summary.weights_id}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from . import evaluate
+
+    styles = tuple(s.strip() for s in args.style.split(",") if s.strip()) if args.style else ()
+    result = evaluate.evaluate_frames(evaluate.read_frames(args.stylised), evaluate.read_frames(args.source),
+                                      styles=styles, weights=args.weights, device=args.device)
+    print(evaluate.format_table(result))
+    if args.plot:
+        evaluate.write_plot(result.temporal_error, args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 
