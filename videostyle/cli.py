@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workdir", help="work dir for resumable frames (default: OUTPUT.videostyle-work)")
     e.add_argument("--restart", action="store_true", help="start over; the old work dir is kept aside")
     e.add_argument("--keep-workdir", action="store_true", help="keep the stylised frames after encoding")
+    e.add_argument("--batch-size", type=int, default=1,
+                   help="frames journaled together (default 1); a finished batch is never redone")
+
+    r = sub.add_parser("resume", parents=[common], help="resume an interrupted run from its work dir")
+    r.add_argument("workdir", help="the work dir of the interrupted run")
+    r.add_argument("--device", default=None, help="override the device the run used")
 
     i = sub.add_parser("image", parents=[common], help="stylise one image")
     i.add_argument("input", help="image file")
@@ -161,6 +167,11 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "resume":
+        summary = pipeline.resume_video(args.workdir, device=args.device,
+                                        progress=_progress_factory(args.quiet))
+        _report(summary, args.quiet)
+        return 0
     opts = RunOptions(device=args.device, quiet=args.quiet, verbose=args.verbose)
     if args.command == "image":
         cfg = _style_config(args, video=False)
@@ -173,13 +184,18 @@ def _run(args: argparse.Namespace) -> int:
     output = args.output or _default_output(args.input, cfg.styles, ".mp4")
     opts = RunOptions(device=args.device, crf=args.crf, preset=args.preset, output_size=args.output_size,
                       workdir=args.workdir, quiet=args.quiet, verbose=args.verbose, restart=args.restart,
-                      extra={"keep_workdir": args.keep_workdir})
+                      keep_workdir=args.keep_workdir, batch_size=args.batch_size)
+    args.workdir_shown = args.workdir or str(pipeline.default_workdir(Path(output)))
     summary = pipeline.stylize_video(args.input, output, cfg, opts, progress=_progress_factory(args.quiet))
-    if not args.quiet:
+    _report(summary, args.quiet)
+    return 0
+
+
+def _report(summary, quiet: bool) -> None:
+    if not quiet:
         resumed = f", resumed after {summary.resumed_from}" if summary.resumed_from else ""
         print(f"wrote {summary.output}: {summary.frames} frames{resumed}, "
               f"{summary.seconds_per_frame:.2f} s/frame, weights {summary.weights_id}")
-    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -210,9 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except KeyboardInterrupt:
-        if args.command == "stylize":
-            print(f"\n{PROG}: interrupted; finished frames are kept. Run the same command again to resume.",
-                  file=sys.stderr)
+        if args.command in ("stylize", "resume"):
+            workdir = getattr(args, "workdir_shown", None) or getattr(args, "workdir", None)
+            how = f"{PROG} resume {workdir}" if workdir else "the same command"
+            print(f"\n{PROG}: interrupted; finished frames are kept. To resume: {how}", file=sys.stderr)
         return 130
     except (VideoStyleError, ValueError) as exc:
         if args.debug:

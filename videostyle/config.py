@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 DEFAULT_CONTENT_LAYERS = (("relu4_2", 1.0),)
 DEFAULT_STYLE_LAYERS = (("relu1_1", 1.0), ("relu2_1", 1.0), ("relu3_1", 1.0),
@@ -127,7 +127,11 @@ class RunOptions:
     quiet: bool = False
     verbose: bool = False
     restart: bool = False
-    extra: dict = field(default_factory=dict)
+    keep_workdir: bool = False
+    batch_size: int = 1           # frames journaled together; a finished batch is never redone
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import shutil
+import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -22,7 +24,7 @@ from PIL import Image
 
 from . import __version__, images
 from .config import RunOptions, StyleConfig
-from .errors import InputError, OutputError
+from .errors import InputError, OutputError, ResumeError
 from .features import VGGEncoder, resolve_weights
 from .flow import FlowEstimator, FlowWorker
 from .journal import WorkDir, file_fingerprint
@@ -99,12 +101,15 @@ def default_workdir(output: Path) -> Path:
     return output.with_name(output.name + ".videostyle-work")
 
 
-def build_manifest(cfg: StyleConfig, info: VideoInfo, weights_id: str,
-                   working: tuple[int, int]) -> dict:
+def build_manifest(cfg: StyleConfig, info: VideoInfo, weights_id: str, working: tuple[int, int], *,
+                   output: Path, opts: RunOptions) -> dict:
+    """What a work dir records: what a resume must match, and what `videostyle resume` needs."""
     return {
+        "output": str(output.resolve()),
+        "run_options": opts.to_dict(),
         "config_hash": cfg.stable_hash(),
         "config": cfg.to_dict(),
-        "source": str(info.path),
+        "source": str(Path(info.path).resolve()),
         "source_fingerprint": file_fingerprint(info.path),
         "style_fingerprints": [file_fingerprint(p) for p in cfg.styles],
         "weights_id": weights_id,
@@ -131,12 +136,16 @@ def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
     working = images.working_size(info.width, info.height, cfg.size)
     stylizer = Stylizer(cfg, device=device, working_size=working)
     workdir = Path(opts.workdir) if opts.workdir else default_workdir(output)
-    work = WorkDir.open(workdir, build_manifest(cfg, info, stylizer.weights.weights_id, working),
-                        restart=opts.restart)
+    check_disk_space(workdir, working, info.frame_count)
+    manifest = build_manifest(cfg, info, stylizer.weights.weights_id, working, output=output,
+                              opts=replace(opts, workdir=str(workdir.resolve()), restart=False))
+    work = WorkDir.open(workdir, manifest, restart=opts.restart)
     resumed_from = work.finished_count
     t0 = time.monotonic()
-    done_now = _stylise_frames(info, stylizer, work, working, progress=progress, verbose=opts.verbose)
+    done_now = _stylise_frames(info, stylizer, work, working, progress=progress, verbose=opts.verbose,
+                               batch_size=max(1, opts.batch_size))
     elapsed = time.monotonic() - t0
+    _test_kill_point("encode")
 
     out_size = (info.width, info.height) if opts.output_size == "source" else working
     pts_list = [work.entries[i].pts for i in range(work.finished_count)]
@@ -145,14 +154,63 @@ def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
                  preset=opts.preset, average_rate=info.average_rate)
     summary = RunSummary(output, work.finished_count, resumed_from,
                          elapsed / done_now if done_now else 0.0, stylizer.weights.weights_id, workdir)
-    if not opts.extra.get("keep_workdir", False):
+    if not opts.keep_workdir:
         work.remove()
     return summary
 
 
+def resume_video(workdir: str | os.PathLike, *, device: str | None = None,
+                 progress: ProgressFactory | None = None) -> RunSummary:
+    """Resume the run whose work dir is ``workdir``, from its manifest alone."""
+    manifest = WorkDir.read_manifest(workdir)
+    try:
+        cfg = StyleConfig.from_dict(manifest["config"])
+        opts = RunOptions(**manifest["run_options"])
+        source, output = manifest["source"], manifest["output"]
+    except (KeyError, TypeError) as exc:
+        raise ResumeError(f"work dir {str(workdir)!r} has an incomplete manifest (missing {exc}); "
+                          f"rerun the original stylize command instead") from exc
+    opts = replace(opts, workdir=str(workdir), device=device or opts.device)
+    return stylize_video(source, output, cfg, opts, progress=progress)
+
+
+def check_disk_space(workdir: Path, working: tuple[int, int], frame_count: int | None) -> None:
+    """Refuse to start when the work dir's disk clearly cannot hold the frames.
+
+    Estimate: a working-size PNG of a stylised frame takes about 2 bytes per pixel (measured ~1.5-2.5
+    at compress level 1), plus 64 MiB of headroom for the encoded output.
+    """
+    if not frame_count:
+        return
+    parent = workdir if workdir.exists() else workdir.parent
+    if not parent.exists():
+        return  # check_output_path / WorkDir report the missing directory
+    need = frame_count * working[0] * working[1] * 2 + (64 << 20)
+    free = shutil.disk_usage(parent).free
+    if free < need:
+        raise OutputError(f"not enough disk space for the work dir in {str(parent)!r}: about "
+                          f"{need / 2**30:.1f} GiB needed for {frame_count} frames, {free / 2**30:.1f} GiB free; "
+                          f"free space, lower --size or choose --workdir on another disk")
+
+
+def _test_kill_point(point: str, index: int | None = None) -> None:
+    """Test-only fault injection: ``VIDEOSTYLE_TEST_KILL_AT=frame:N|journal:N|encode`` SIGKILLs this process.
+
+    ``frame:N`` dies while frame N is being optimised (nothing of it written), ``journal:N`` right after
+    frame N was journaled, ``encode`` as encoding starts. Used by tests/test_resume.py only.
+    """
+    wanted = os.environ.get("VIDEOSTYLE_TEST_KILL_AT")
+    if wanted and wanted == (point if index is None else f"{point}:{index}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working: tuple[int, int], *,
-                    progress: ProgressFactory | None, verbose: bool) -> int:
-    """Optimise and journal every frame not yet finished; returns how many were done in this call."""
+                    progress: ProgressFactory | None, verbose: bool, batch_size: int = 1) -> int:
+    """Optimise and journal every frame not yet finished; returns how many were done in this call.
+
+    Frames are journaled ``batch_size`` at a time (and at the end): an interruption loses at most the
+    unjournaled part of one batch.
+    """
     cfg = stylizer.cfg
     device = stylizer.device
     start = work.finished_count
@@ -161,6 +219,7 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
     first_decoded = max(0, start - lookback)
     bar = progress(total=info.frame_count, initial=start) if progress else None
     done = 0
+    pending: list[tuple[int, int, np.ndarray]] = []  # finished frames not yet journaled
     previous: dict[int, torch.Tensor] = {}  # saved outputs of recent frames, as read back from disk
     for k in range(1, lookback + 1):
         if start - k >= 0:
@@ -176,8 +235,11 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
                                                     stylizer.generator)
                 iterations = cfg.iters_first if index == 0 else cfg.iters
                 result = stylizer.stylise(content, init, iterations=iterations, temporal=temporal)
+                _test_kill_point("frame", index)
                 rgb = images.to_uint8(result.image)
-                work.write_frame(index, pts, rgb)
+                pending.append((index, pts, rgb))
+                if len(pending) >= batch_size:
+                    _journal(work, pending)
                 previous[index] = images.to_tensor(rgb, device)  # the 8-bit frame, as resume sees it
                 previous.pop(index - lookback, None)
                 done += 1
@@ -187,6 +249,10 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
                 if bar is not None:
                     bar.set_postfix_str(f"loss {result.losses['total']:.3g}")
                     bar.update(1)
+            _journal(work, pending)
+        except KeyboardInterrupt:
+            _journal(work, pending)  # finished frames of a partial batch are complete: keep them
+            raise
         finally:
             if hasattr(records, "close"):
                 records.close()
@@ -195,6 +261,14 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
     if work.finished_count == 0:
         raise InputError(f"no frames could be decoded from {str(info.path)!r}")
     return done
+
+
+def _journal(work: WorkDir, pending: list) -> None:
+    """Write and journal the pending frames (in order), then empty the list."""
+    for index, pts, rgb in pending:
+        work.write_frame(index, pts, rgb)
+        _test_kill_point("journal", index)
+    pending.clear()
 
 
 def _frame_records(frames, cfg: StyleConfig, working: tuple[int, int]) -> Iterator:
