@@ -140,6 +140,31 @@ def ffmpeg_reason(exc: BaseException | None, logs: list[tuple[int, str, str]] | 
     return " ".join(str(text).split())
 
 
+def _is_isobmff(path: Path) -> bool:
+    """True for an MP4/MOV-family file: its first box is ``ftyp`` (bytes 4..8)."""
+    with open(path, "rb") as fh:
+        return fh.read(12)[4:8] == b"ftyp"
+
+
+def _has_moov(path: Path) -> bool:
+    """Walk the top-level boxes looking for ``moov`` (the index); stops at a box cut short."""
+    size_total = path.stat().st_size
+    offset = 0
+    with open(path, "rb") as fh:
+        while offset + 8 <= size_total:
+            fh.seek(offset)
+            header = fh.read(16)
+            size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if size == 1 and len(header) >= 16:
+                size = int.from_bytes(header[8:16], "big")
+            if kind == b"moov":
+                return offset + size <= size_total
+            if size < 8:
+                return False
+            offset += size
+    return False
+
+
 def open_input(path: str | os.PathLike) -> av.container.InputContainer:
     """Open ``path`` for demuxing; ``InputError`` (one line) for a missing, unreadable or non-media file."""
     path = Path(path)
@@ -154,10 +179,12 @@ def open_input(path: str | os.PathLike) -> av.container.InputContainer:
         except PermissionError as exc:
             raise InputError(f"cannot read video file: {shown!r} (permission denied)") from exc
         except av.error.FFmpegError as exc:
-            logged = ffmpeg_reason(None, logs)
-            if "moov atom not found" in logged:
-                # An MP4 whose index (written last) is missing: the recording or copy was cut off.
-                raise InputError(f"truncated video file (no MP4 index): {shown!r} (FFmpeg: {logged})") from exc
+            if _is_isobmff(path) and not _has_moov(path):
+                # An MP4/MOV whose index (written last) is missing: the recording or copy was cut off.
+                # Decided from the bytes, not FFmpeg's log: FFmpeg drops a log line that repeats an
+                # earlier one ("moov atom not found" appeared only for the first such file).
+                raise InputError(f"truncated video file (no MP4 index): {shown!r} "
+                                 f"(FFmpeg: moov atom not found)") from exc
             # The error's own text, not the last log line: probing logs guesses such as
             # "Failed to find two consecutive MPEG audio frames." for random bytes.
             reason = " ".join(str(exc.strerror or exc).split())
