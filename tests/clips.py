@@ -199,3 +199,107 @@ def first_sound_s(path: str | Path, *, stream: int = 0, threshold: float = 0.05)
             if len(loud):
                 return frame.time + loud[0] / frame.sample_rate
     raise ValueError(f"no audio above {threshold} in {path}")
+
+
+# --- webcam-style recordings (tests/test_webcam.py) ----------------------------------------------
+
+# Container format per extension for make_recording; "live" Matroska/WebM is written as a browser's
+# MediaRecorder or a capture tool streaming to disk does: no duration, no cues, no frame count.
+_RECORDING_FORMATS = {".avi": "avi", ".mkv": "matroska", ".webm": "webm"}
+
+
+def make_recording(
+    path: str | Path,
+    *,
+    video_codec: str,
+    pix_fmt: str = "yuv420p",
+    size: tuple[int, int] = (64, 48),
+    times: list[Fraction] | None = None,
+    n_frames: int = 6,
+    fps: int = 30,
+    audio: str | None = None,
+    audio_rate: int = AUDIO_RATE,
+    audio_channels: int = 1,
+    live: bool = False,
+    container: str | None = None,
+) -> Path:
+    """Write a clip the way webcam tools, browsers and phones do; frame ``i`` shows :func:`frame_pattern`.
+
+    Args:
+        path: ``.avi``, ``.mkv`` or ``.webm``.
+        video_codec: ``"mjpeg"``, ``"rawvideo"`` (with ``pix_fmt="yuyv422"``: raw YUYV),
+            ``"libx264"``, ``"libvpx"`` (VP8) or ``"libvpx-vp9"``.
+        times: frame times in seconds (variable rate, gaps); default ``i / fps`` for ``n_frames``.
+        audio: ``"pcm_s16le"``, ``"libopus"``, ``"vorbis"`` (needs ``audio_channels=2``) or ``None``;
+            a 440 Hz sine from 0 to one frame after the last frame's time.
+        live: Matroska/WebM without duration, cues or frame count (``live=1`` muxer option).
+        container: FFmpeg muxer, overriding the extension's (``"matroska"`` for a ``.webm`` holding
+            H.264, as Chrome's MediaRecorder writes it).
+    Returns:
+        ``Path(path)``.
+    """
+    path = Path(path)
+    fmt = container or _RECORDING_FORMATS[path.suffix.lower()]
+    width, height = size
+    if times is None:
+        times = [Fraction(i, fps) for i in range(n_frames)]
+    end_s = times[-1] + Fraction(1, fps)
+    # AVI stores one tick per frame (constant rate); the others use Matroska's millisecond clock.
+    time_base = Fraction(1, fps) if fmt == "avi" else Fraction(1, 1000)
+    with av.open(str(path), "w", format=fmt, options={"live": "1"} if live else {}) as out:
+        vstream = out.add_stream(video_codec, rate=fps)
+        vstream.width, vstream.height, vstream.pix_fmt = width, height, pix_fmt
+        vstream.time_base = time_base
+        vstream.codec_context.time_base = time_base
+        if video_codec == "libx264":
+            vstream.options = {"preset": "ultrafast"}
+        elif video_codec.startswith("libvpx"):
+            vstream.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+        astream = None
+        if audio is not None:
+            astream = out.add_stream(audio, rate=audio_rate)
+            astream.layout = "stereo" if audio_channels == 2 else "mono"
+            if audio == "vorbis":  # FFmpeg's own Vorbis encoder is flagged experimental
+                astream.codec_context.options = {"strict": "experimental"}
+        for i, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(frame_pattern(i, width, height), format="rgb24")
+            frame.pts = int(t / time_base)
+            frame.time_base = time_base
+            out.mux(vstream.encode(frame))
+        out.mux(vstream.encode(None))
+        if astream is not None:
+            total = int(round(end_s * audio_rate))
+            for offset in range(0, total, 960):
+                n = min(960, total - offset)
+                t = np.arange(offset, offset + n) / audio_rate
+                wave = (0.3 * np.sin(2 * np.pi * SINE_HZ * t)).astype(np.float32)
+                frame = av.AudioFrame.from_ndarray(np.repeat(wave[None, :], audio_channels, axis=0),
+                                                   format="fltp", layout=astream.layout.name)
+                frame.sample_rate = audio_rate
+                frame.pts = offset
+                frame.time_base = Fraction(1, audio_rate)
+                out.mux(astream.encode(frame))
+            out.mux(astream.encode(None))
+    return path
+
+
+def gap_times(fps: int = 30) -> list[Fraction]:
+    """Frame times of a webcam clip that stalled: 3 frames, a 400 ms gap, 3 frames at a slower, uneven pace."""
+    return [Fraction(0), Fraction(1, fps), Fraction(2, fps),
+            Fraction(2, fps) + Fraction(2, 5), Fraction(2, fps) + Fraction(9, 20), Fraction(2, fps) + Fraction(26, 50)]
+
+
+def decoded_times(path: str | Path) -> list[float]:
+    """Presentation times in seconds of every video frame of ``path``, decoded."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return [float(frame.pts * stream.time_base) for frame in container.decode(stream)]
+
+
+def decoded_audio_span(path: str | Path) -> tuple[str, float, float]:
+    """``(codec, start_s, end_s)`` of the first audio stream of ``path``, from its decoded samples."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        frames = [(frame.time, frame.samples / frame.sample_rate) for frame in container.decode(stream)]
+        codec = stream.codec_context.name
+    return codec, frames[0][0], frames[-1][0] + frames[-1][1]

@@ -1,59 +1,106 @@
+"""`videostyle evaluate` on tiny clips written with PyAV inside each test (untrained weights, CPU)."""
+
+from __future__ import annotations
+
+import av
 import numpy as np
 from clips import make_clip
 from PIL import Image
 
 from videostyle.cli import main
+from videostyle.config import RunOptions, StyleConfig
 from videostyle.evaluate import evaluate_frames, read_frames
+from videostyle.pipeline import stylize_video
+
+SIZE = (64, 48)
 
 
-def _textured_pan(n, shift=2, size=(64, 48)):
-    """A smooth texture panned right by ``shift`` px per frame: real motion the flow can measure."""
+def textured_pan(n: int, shift: int = 2) -> list[np.ndarray]:
+    """``n`` frames ``(48, 64, 3)`` uint8 of a smooth random texture panned right by ``shift`` px per frame."""
+    w, h = SIZE
     rng = np.random.default_rng(0)
-    coarse = rng.integers(0, 255, (size[1] // 4 + 2, (size[0] + n * shift) // 4 + 2, 3), dtype=np.uint8)
-    big = np.asarray(Image.fromarray(coarse).resize(((size[0] + n * shift), size[1]), Image.BICUBIC))
-    return [np.ascontiguousarray(big[:, i * shift:i * shift + size[0]]) for i in range(n)]
+    coarse = rng.integers(0, 255, (h // 4 + 2, (w + n * shift) // 4 + 2, 3), dtype=np.uint8)
+    big = np.asarray(Image.fromarray(coarse).resize((w + n * shift, h), Image.BICUBIC))
+    return [np.ascontiguousarray(big[:, i * shift:i * shift + w]) for i in range(n)]
 
 
-def test_static_clip_scores_near_zero_and_shuffled_frames_score_higher():
-    frames = _textured_pan(6)
-    ordered = evaluate_frames(frames, frames).mean_temporal_error
-    static = evaluate_frames([frames[0]] * 6, [frames[0]] * 6).mean_temporal_error
-    shuffled = evaluate_frames([frames[i] for i in (3, 0, 5, 1, 4, 2)], frames).mean_temporal_error
-    assert static < 1e-6
-    assert ordered < 0.2 * shuffled
+def write_frames(path, frames: list[np.ndarray], fps: int = 12):
+    """H.264 crf 0 (yuv420p) clip of ``frames``; returns ``path``."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps, options={"crf": "0", "preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
+        for rgb in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
+def style_image(path, seed: int = 1):
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_static_clip_scores_near_zero(tmp_path):
+    clip = write_frames(tmp_path / "static.mp4", [textured_pan(1)[0]] * 5)
+    result = evaluate_frames(read_frames(clip), read_frames(clip))
+    assert result.temporal_error.shape == (4,)
+    assert result.mean_temporal_error < 1e-6
+
+
+def test_shuffled_frames_score_much_higher_than_ordered_ones(tmp_path):
+    frames = textured_pan(6)
+    source = write_frames(tmp_path / "pan.mp4", frames)
+    shuffled = write_frames(tmp_path / "shuffled.mp4", [frames[i] for i in (3, 0, 5, 1, 4, 2)])
+    ordered = evaluate_frames(read_frames(source), read_frames(source)).mean_temporal_error
+    mixed = evaluate_frames(read_frames(shuffled), read_frames(source)).mean_temporal_error
+    assert ordered < 1e-3
+    assert mixed > 10 * ordered
 
 
 def test_cli_prints_table_with_losses_and_writes_plot(tmp_path, capsys):
     src = make_clip(tmp_path / "in.mp4", n_frames=4, audio=None)
-    style = tmp_path / "style.png"
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(style)
+    style = style_image(tmp_path / "style.png")
     plot = tmp_path / "plot.png"
     assert main(["evaluate", str(src), "--source", str(src), "--style", str(style), "--weights", "untrained",
                  "--plot", str(plot)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["frame", "temporal_error", "content", "style"]
     assert [line.split()[0] for line in lines[1:6]] == ["0", "1", "2", "3", "mean"]
+    assert lines[1].split()[1] == "-"  # frame 0 has no predecessor
     assert float(lines[5].split()[1]) < 2e-3  # only the clip's own brightness ramp remains
-    assert float(lines[5].split()[2]) < 1e-6  # ... and carries all of its content
-    assert Image.open(plot).size == (640, 320)
+    assert float(lines[5].split()[2]) < 1e-6  # ... and it carries all of its content
+    assert lines[6] == f"wrote {plot}"
+    with Image.open(plot) as img:
+        assert img.size == (640, 320)
+        pixels = np.asarray(img.convert("RGB")).reshape(-1, 3)
+    assert ((pixels[:, 0] > 150) & (pixels[:, 1] < 80)).any()  # the red line was drawn
+
+
+def test_cli_without_style_prints_only_the_error(tmp_path, capsys):
+    src = make_clip(tmp_path / "in.mp4", n_frames=3, audio=None)
+    assert main(["evaluate", str(src), "--source", str(src)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["frame", "temporal_error"]
+    assert len(lines) == 5
+
+
+def test_cli_rejects_videos_with_different_frame_counts(tmp_path, capsys):
+    short = make_clip(tmp_path / "short.mp4", n_frames=3, audio=None)
+    long = make_clip(tmp_path / "long.mp4", n_frames=5, audio=None)
+    assert main(["evaluate", str(short), "--source", str(long)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["videostyle: error: stylised video has 3 frames but the source has 5; expected the same count"]
 
 
 def test_warm_start_and_temporal_loss_flicker_less_than_independent_frames(tmp_path):
-    src = tmp_path / "pan.mp4"
-    import av
-    with av.open(str(src), "w") as out:
-        stream = out.add_stream("libx264", rate=12, options={"crf": "10"})
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i, rgb in enumerate(_textured_pan(5)):
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        out.mux(stream.encode())
-    style = tmp_path / "style.png"
-    Image.fromarray(np.random.default_rng(2).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(style)
+    src = write_frames(tmp_path / "pan.mp4", textured_pan(4))
+    style = style_image(tmp_path / "style.png", seed=2)
+    source = read_frames(src)
     errors = {}
-    for name, extra in {"independent": ["--init", "content", "--temporal-weight", "0"],
-                        "temporal": ["--init", "prev-warped", "--temporal-weight", "200"]}.items():
+    for name, extra in {"independent": dict(init="content", temporal_weight=0.0),
+                        "temporal": dict(init="prev-warped", temporal_weight=200.0)}.items():
+        cfg = StyleConfig(styles=(str(style),), size=64, iters_first=10, iters=10, weights="untrained", **extra)
         out = tmp_path / f"{name}.mp4"
-        assert main(["stylize", str(src), "--style", str(style), "-o", str(out), "--weights", "untrained",
-                     "--size", "64", "--iters", "15", "-q", "--crf", "0", *extra]) == 0
-        errors[name] = evaluate_frames(read_frames(out), read_frames(src)).mean_temporal_error
+        stylize_video(src, out, cfg, RunOptions(quiet=True, crf=0, output_size="working"))
+        errors[name] = evaluate_frames(read_frames(out), source).mean_temporal_error
     assert errors["temporal"] < 0.5 * errors["independent"]

@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
@@ -47,11 +48,14 @@ def _layer_weights(text: str) -> tuple[tuple[str, float], ...]:
     return tuple(out)
 
 
-def _add_style_options(p: argparse.ArgumentParser, *, video: bool) -> None:
+def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: str = "--size",
+                       device_flag: str = "--device", style_required: bool = True) -> None:
+    """``size_flag``/``device_flag`` rename --size/--device where a subcommand uses those names
+    itself (webcam: capture size and camera); the dests stay ``size`` and ``device``."""
     g = p.add_argument_group("style")
-    g.add_argument("--style", required=True, help="style image(s), comma-separated")
+    g.add_argument("--style", required=style_required, help="style image(s), comma-separated")
     g.add_argument("--style-weights", type=_float_list, default=(), help="blend weights, e.g. 0.7,0.3")
-    g.add_argument("--size", type=int, default=512, help="long edge of the working resolution, px (default 512)")
+    g.add_argument(size_flag, dest="size", type=int, default=512, help="long edge of the working resolution, px (default 512)")
     g.add_argument("--style-scale", type=float, default=1.0, help="style image size relative to --size")
     g.add_argument("--iters", type=_int_pair, default=(300, 150),
                    help="optimiser iterations: N, or FIRST,LATER for the first and later frames (default 300,150)")
@@ -69,7 +73,7 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool) -> None:
                    help="stop a frame when the loss changes by less than this fraction (0: off)")
     g.add_argument("--weights", default="auto", help="VGG-19 weights: auto|imagenet|untrained|PATH")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    g.add_argument(device_flag, dest="device", default="auto", help="auto|cpu|cuda|cuda:N")
     if video:
         t = p.add_argument_group("temporal coherence")
         t.add_argument("--init", choices=INITS, default="prev-warped", help="init of later frames")
@@ -120,7 +124,52 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--weights", default="auto", help="VGG-19 weights for the losses: auto|imagenet|untrained|PATH")
     v.add_argument("--device", default="auto")
     v.add_argument("--plot", help="write a PNG plot of the error per frame")
+
+    _add_webcam_parser(sub, common)
     return parser
+
+
+def _size_wh(text: str) -> tuple[int, int]:
+    """``"640x480"`` -> (640, 480)."""
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit() or not int(width) or not int(height):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 640x480, got {text!r}")
+    return int(width), int(height)
+
+
+def _add_webcam_parser(sub, common: argparse.ArgumentParser) -> None:
+    w = sub.add_parser("webcam", parents=[common], help="record from a camera, then stylise the recording",
+                       description="Record a V4L2 camera (and microphone) losslessly to NAME.raw.mkv beside "
+                                   "the output, then stylise that recording. Ctrl-C stops recording early.")
+    w.add_argument("-o", "--output", required=True,
+                   help="stylised video (.mp4, .mov, .mkv); the raw recording goes beside it as NAME.raw.mkv")
+    c = w.add_argument_group("capture")
+    c.add_argument("--device", dest="camera", default="/dev/video0", help="V4L2 camera (default /dev/video0)")
+    c.add_argument("--duration", type=float, default=10.0,
+                   help="seconds to record (default 10; 0: until Ctrl-C or the input ends)")
+    c.add_argument("--size", dest="capture_size", type=_size_wh, default=None,
+                   help="capture size WxH, e.g. 640x480 (default: the camera's)")
+    c.add_argument("--fps", type=float, default=None, help="capture frame rate (default: the camera's)")
+    c.add_argument("--camera-format", default=None,
+                   help="camera pixel format, e.g. mjpeg or yuyv422 (default: the camera's)")
+    c.add_argument("--audio-device", default="auto",
+                   help="microphone: auto (ALSA's default when there is a capture device), none, or an "
+                        "ALSA device such as hw:1,0")
+    c.add_argument("--record-only", action="store_true",
+                   help="only record; stylise later with `videostyle stylize NAME.raw.mkv`")
+    c.add_argument("--preview", action="store_true",
+                   help="stylise a low-resolution stream live while recording (a quick look, written to "
+                        "NAME.preview.mp4 and shown in a window when a display exists)")
+    c.add_argument("--preview-size", type=int, default=160, help="preview long edge, px (default 160)")
+    c.add_argument("--preview-iters", type=int, default=4, help="preview iterations per frame (default 4)")
+    c.add_argument("--input-format", default="v4l2", help=argparse.SUPPRESS)  # tests: lavfi as a fake camera
+    c.add_argument("--audio-format", default="alsa", help=argparse.SUPPRESS)  # tests: lavfi as a fake microphone
+    _add_style_options(w, video=True, size_flag="--style-size", device_flag="--compute-device",
+                       style_required=False)
+    e = w.add_argument_group("output")
+    e.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)")
+    e.add_argument("--preset", default="medium", help="x264 preset (default medium)")
+    e.add_argument("--keep-workdir", action="store_true", help="keep the stylised frames after encoding")
 
 
 def _style_config(args: argparse.Namespace, *, video: bool) -> StyleConfig:
@@ -167,6 +216,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "webcam":
+        return _webcam(args)
     if args.command == "resume":
         summary = pipeline.resume_video(args.workdir, device=args.device,
                                         progress=_progress_factory(args.quiet))
@@ -209,6 +260,102 @@ def _evaluate(args: argparse.Namespace) -> int:
         evaluate.write_plot(result.temporal_error, args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _webcam(args: argparse.Namespace) -> int:
+    """Record (lossless raw clip beside the output), optionally preview live, then stylise offline."""
+    from . import pipeline
+    from .video import webcam
+    from .video.encode import check_output_path
+
+    output = check_output_path(args.output)
+    if not args.style and not args.record_only:
+        raise VideoStyleError("webcam needs --style STYLE (or --record-only to just record)")
+    cfg = _style_config(args, video=True) if args.style else None
+    if args.preview and cfg is None:
+        raise VideoStyleError("--preview needs --style STYLE")
+    mic, note = webcam.microphone_source(args.audio_device, input_format=args.audio_format)
+    camera = webcam.camera_source(args.camera, size=args.capture_size, fps=args.fps,
+                                  input_format=args.input_format, pixel_format=args.camera_format,
+                                  with_audio=mic is not None)
+    raw = webcam.raw_clip_path(output)
+    preview = None
+    if args.preview:
+        show = webcam.display_available()
+        preview = webcam.LivePreview(cfg, device=args.device, long_edge=args.preview_size,
+                                     iterations=args.preview_iters, show=show,
+                                     output=output.with_name(f"{output.stem}.preview.mp4"))
+    started = []
+
+    def on_start() -> None:
+        started.append(True)
+        if not args.quiet:
+            length = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
+            print(f"{PROG}: recording {camera.shown} {length} to {raw} (Ctrl-C stops recording early)",
+                  file=sys.stderr)
+
+    terminated = []
+
+    def on_sigterm(signum, frame):  # SIGTERM ends the session; Ctrl-C only ends the recording
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        rec = webcam.record(camera, raw, audio=mic, audio_note=note, duration_s=args.duration or None,
+                            on_frame=None if args.quiet else _recording_status(args.duration, preview),
+                            on_start=on_start, preview=preview)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        stats = preview.close() if preview is not None else None
+        if started and not args.quiet:
+            print(file=sys.stderr)  # end the status line
+    if stats is not None:
+        stats = replace(stats, offered_from=rec.frames)
+        print(stats.describe())
+        print("the preview is a quick low-resolution look; the final quality comes from the offline pass"
+              + ("" if args.record_only else ", which starts now"))
+    print(f"recorded {raw}: {rec.describe()}")
+    if rec.audio_note:
+        print(f"{PROG}: note: {rec.audio_note}", file=sys.stderr)
+    if rec.stopped_by.startswith("camera error"):
+        print(f"{PROG}: warning: recording ended early: {rec.stopped_by}", file=sys.stderr)
+    restyle = f"{PROG} stylize {raw} --style {args.style or 'STYLE'} -o {output}"
+    if terminated:
+        print(f"{PROG}: terminated; the recording is kept. To stylise it: {restyle}", file=sys.stderr)
+        return 130
+    if args.record_only:
+        print(f"to stylise it: {restyle}")
+        return 0
+    workdir = raw.with_name(raw.name + ".videostyle-work")
+    opts = RunOptions(device=args.device, crf=args.crf, preset=args.preset, workdir=str(workdir),
+                      quiet=args.quiet, verbose=args.verbose, keep_workdir=args.keep_workdir)
+    try:
+        summary = pipeline.stylize_video(raw, output, cfg, opts, progress=_progress_factory(args.quiet))
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted; the recording ({raw}) and finished frames are kept. "
+              f"To resume: {PROG} resume {workdir}", file=sys.stderr)
+        return 130
+    _report(summary, args.quiet)
+    if not args.quiet:
+        print(f"the raw recording stays in {raw}; to stylise it again: {restyle}")
+    return 0
+
+
+def _recording_status(duration: float, preview):
+    """``on_frame`` callback printing a status line about once a second of capture (stderr)."""
+    next_s = [0.0]
+
+    def on_frame(index: int, time_s: float) -> None:
+        if time_s < next_s[0]:
+            return
+        next_s[0] = time_s + 1.0
+        of = f"/{duration:g}" if duration else ""
+        fps = preview.live_fps() if preview is not None else None
+        shown = f" | preview {fps:.1f} fps" if fps else ""
+        print(f"\rrecording {time_s:.0f}{of} s, {index + 1} frames{shown}   ", end="", file=sys.stderr,
+              flush=True)
+    return on_frame
 
 
 def _raise_keyboard_interrupt(signum, frame):

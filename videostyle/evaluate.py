@@ -90,23 +90,37 @@ def format_table(result: Evaluation) -> str:
 
 
 def write_plot(errors: np.ndarray, path: str | os.PathLike, *, size: tuple[int, int] = (640, 320)) -> None:
-    """Line plot of E_t per frame as a PNG, drawn with Pillow (axes, y max labelled)."""
+    """Line plot of E_t against frame t (t = 1..T-1) as a PNG, drawn with Pillow.
+
+    The y axis runs from 0 to the largest E_t (both labelled), the x axis from frame 1 to T-1 (labelled);
+    frames with no reliable pixel (NaN) are left out of the line.
+    """
     width, height = size
-    margin = 40
+    left, right, top_margin, bottom = 64, 16, 24, 36
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
-    draw.line([(margin, margin // 2), (margin, height - margin), (width - 10, height - margin)], fill="black")
-    values = np.nan_to_num(np.asarray(errors, dtype=float))
-    top = float(values.max()) if values.size and values.max() > 0 else 1.0
-    draw.text((4, margin // 2 - 6), f"{top:.4f}", fill="black")
-    draw.text((margin, height - margin + 8), "frame", fill="black")
-    draw.text((margin + 60, 4), "temporal warping error per frame", fill="black")
+    x0, x1, y0, y1 = left, width - right, height - bottom, top_margin  # plot box: y0 bottom, y1 top
+    draw.line([(x0, y1), (x0, y0), (x1, y0)], fill="black")
+    values = np.asarray(errors, dtype=float)
+    finite = values[np.isfinite(values)]
+    top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    draw.text((4, y1 - 6), f"{top:.2e}", fill="black")
+    draw.text((4, y0 - 6), "0", fill="black")
+    draw.text((x0 + 8, 4), "temporal warping error E_t per frame t", fill="black")
     if values.size:
-        xs = np.linspace(margin, width - 10, num=max(2, values.size))[: values.size]
-        ys = height - margin - values / top * (height - 1.5 * margin)
-        points = list(zip(xs.tolist(), ys.tolist()))
-        if len(points) > 1:
-            draw.line(points, fill=(200, 30, 30), width=2)
-        for x, y in points:
-            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(200, 30, 30))
+        xs = np.linspace(x0, x1, num=values.size) if values.size > 1 else np.array([(x0 + x1) / 2])
+        draw.text((x0 - 3, y0 + 6), "1", fill="black")
+        if values.size > 1:
+            draw.text((x1 - 12, y0 + 6), str(values.size), fill="black")
+        draw.text(((x0 + x1) // 2 - 12, y0 + 18), "frame", fill="black")
+        ys = y0 - np.nan_to_num(values, nan=0.0) / top * (y0 - y1)
+        run: list[tuple[float, float]] = []
+        for x, y, ok in [*zip(xs.tolist(), ys.tolist(), np.isfinite(values).tolist()), (0.0, 0.0, False)]:
+            if ok:
+                run.append((x, y))
+                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(200, 30, 30))
+                continue
+            if len(run) > 1:
+                draw.line(run, fill=(200, 30, 30), width=2)
+            run = []
     img.save(path)

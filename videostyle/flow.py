@@ -210,8 +210,11 @@ def _load_raft(method: str, weights: str) -> tuple[torch.nn.Module, str]:
 # Warping
 
 
-def warp(image: torch.Tensor, flow: torch.Tensor | np.ndarray) -> torch.Tensor:
+def warp(image: torch.Tensor, flow: torch.Tensor | np.ndarray, *, mode: str = "bilinear") -> torch.Tensor:
     """Samples ``image`` at ``p + flow(p)`` (bilinear, border replicate); differentiable in ``image``.
+
+    ``mode="bicubic"`` keeps more of the image's fine texture (Keys a=-0.75; it can overshoot the input's
+    range, so clamp where that matters).
 
     Args:
         image: ``(B, C, H, W)`` float, any range (e.g. an earlier output in [0, 1]).
@@ -237,7 +240,7 @@ def warp(image: torch.Tensor, flow: torch.Tensor | np.ndarray) -> torch.Tensor:
     gx = (xs + flow[..., 0]) * (2.0 / max(w - 1, 1)) - 1.0
     gy = (ys + flow[..., 1]) * (2.0 / max(h - 1, 1)) - 1.0
     grid = torch.stack([gx, gy], dim=-1).expand(b, h, w, 2)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return F.grid_sample(image, grid, mode=mode, padding_mode="border", align_corners=True)
 
 
 _REMAP_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)

@@ -51,12 +51,28 @@ def temporal_warping_error(stylised: Sequence[np.ndarray], source: Sequence[np.n
         out_h, out_w = stylised[t].shape[:2]
         if back.shape[:2] != (out_h, out_w):
             back, mask = _resize_flow(back, (out_w, out_h)), _resize_mask(mask, (out_w, out_h))
-        cur = stylised[t].astype(np.float32) / 255.0
-        prev_warped = warp_numpy(stylised[t - 1].astype(np.float32) / 255.0, back)
-        total = float(mask.sum())
-        sq = np.sum((cur - prev_warped) ** 2, axis=2)
-        errors[t - 1] = float(np.sum(mask * sq)) / (3.0 * total) if total > 0 else np.nan
+        errors[t - 1] = warping_error(stylised[t], stylised[t - 1], back, mask)
     return errors
+
+
+def warping_error(current: np.ndarray, previous: np.ndarray, flow_back: np.ndarray, mask: np.ndarray) -> float:
+    """One frame's term of :func:`temporal_warping_error`, for flows and masks from elsewhere.
+
+    ``sum_p M(p) |O_t(p) - O_{t-1}(p + w(p))|² / (3 sum_p M(p))`` with pixels scaled to [0, 1]; used
+    with the exact flow of a synthetic clip (scripts/bench_temporal.py) as well as with DIS.
+
+    Args:
+        current, previous: ``(H, W, 3)`` uint8 frames t and t-1.
+        flow_back: ``(H, W, 2)`` px, channel 0 = x, flow t -> t-1 on frame t's grid.
+        mask: ``(H, W)`` in [0, 1], 1 where the warp is reliable.
+    Returns:
+        The error in [0, 1]; NaN when no pixel is reliable.
+    """
+    cur = current.astype(np.float32) / 255.0
+    prev_warped = warp_numpy(previous.astype(np.float32) / 255.0, flow_back)
+    total = float(mask.sum())
+    sq = np.sum((cur - prev_warped) ** 2, axis=2)
+    return float(np.sum(mask * sq)) / (3.0 * total) if total > 0 else float("nan")
 
 
 def _check_frames(name: str, frames: Sequence[np.ndarray]) -> None:

@@ -346,7 +346,10 @@ class _AudioTrack:
             out_stream = out.add_stream(AUDIO_CODEC, rate=rate)
             layout = in_stream.codec_context.layout
             # The AAC encoder needs a named layout; an unnamed one of n channels gets FFmpeg's default.
-            out_stream.layout = layout.name if layout.name else _default_layout(info.channels)
+            # An unspecified-order layout has a name too ("1 channels": mono PCM in AVI/MKV from a
+            # webcam recorder), which the AAC encoder rejects: its channels are all "NONE".
+            named = layout.name and not any(ch.name == "NONE" for ch in layout.channels)
+            out_stream.layout = layout.name if named else _default_layout(info.channels)
             out_stream.time_base = Fraction(1, rate)
         if info.language:
             out_stream.metadata["language"] = info.language
