@@ -1,7 +1,7 @@
 """Temporal coherence benchmark: flicker (temporal warping error E) and style loss per variant.
 
     python scripts/bench_temporal.py [--size 256] [--iters 30] [--frames 6] [--weights untrained]
-                                     [--temporal-weights 200] [--clips known,real] [--jobs N] [--threads N]
+                                     [--temporal-weights 50] [--clips known,real] [--jobs N] [--threads N]
                                      [--json out.json]
 
 Two clips:
@@ -250,7 +250,9 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=30, help="L-BFGS iterations for every frame (default 30)")
     ap.add_argument("--frames", type=int, default=6, help="frames per clip (default 6)")
     ap.add_argument("--weights", default="untrained", help="VGG-19 weights (default untrained)")
-    ap.add_argument("--temporal-weights", default="200", help="(c) variants, comma-separated (default 200)")
+    default_weight = f"{StyleConfig.__dataclass_fields__['temporal_weight'].default:g}"
+    ap.add_argument("--temporal-weights", default=default_weight,
+                    help=f"(c) variants, comma-separated (default {default_weight}: the pipeline's default)")
     ap.add_argument("--clips", default="known,real", help="known, real or both (default known,real)")
     ap.add_argument("--photo", default=str(DATA / "content" / "tubingen.jpg"))
     ap.add_argument("--clip", default=str(DATA / "videos" / "realshort.mp4"))

@@ -84,6 +84,19 @@ def test_cli_without_style_prints_only_the_error(tmp_path, capsys):
     assert len(lines) == 5
 
 
+def test_a_directory_of_png_frames_or_a_work_dir_reads_like_a_video(tmp_path, capsys):
+    frames = textured_pan(4)
+    source = write_frames(tmp_path / "pan.mp4", frames)
+    (tmp_path / "work" / "frames").mkdir(parents=True)
+    for i, rgb in enumerate(frames):
+        Image.fromarray(rgb).save(tmp_path / "work" / "frames" / f"{i:06d}.png")
+    assert [f.tolist() for f in read_frames(tmp_path / "work")] == [f.tolist() for f in frames]
+    assert evaluate_frames(read_frames(tmp_path / "work" / "frames"), read_frames(source)).mean_temporal_error < 1e-3
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", str(tmp_path / "empty"), "--source", str(source)]) == 2
+    assert "has no .png files" in capsys.readouterr().err
+
+
 def test_cli_rejects_videos_with_different_frame_counts(tmp_path, capsys):
     short = make_clip(tmp_path / "short.mp4", n_frames=3, audio=None)
     long = make_clip(tmp_path / "long.mp4", n_frames=5, audio=None)
@@ -98,9 +111,12 @@ def test_warm_start_and_temporal_loss_flicker_less_than_independent_frames(tmp_p
     source = read_frames(src)
     errors = {}
     for name, extra in {"independent": dict(init="content", temporal_weight=0.0),
-                        "temporal": dict(init="prev-warped", temporal_weight=200.0)}.items():
-        cfg = StyleConfig(styles=(str(style),), size=64, iters_first=10, iters=10, weights="untrained", **extra)
+                        "temporal": {}}.items():  # the defaults: prev-warped init + temporal loss
+        # 15 iterations: enough for independent frames to drift apart (~0.004 against ~0.0002 with the
+        # temporal loss, measured); with fewer, every frame stays close to its content and both are small.
+        cfg = StyleConfig(styles=(str(style),), size=64, iters_first=15, iters=15, weights="untrained", **extra)
+        assert name == "independent" or (cfg.init == "prev-warped" and cfg.temporal_weight > 0)
         out = tmp_path / f"{name}.mp4"
         stylize_video(src, out, cfg, RunOptions(quiet=True, crf=0, output_size="working"))
         errors[name] = evaluate_frames(read_frames(out), source).mean_temporal_error
-    assert errors["temporal"] < 0.5 * errors["independent"]
+    assert errors["temporal"] < 0.25 * errors["independent"]

@@ -50,7 +50,7 @@ def test_resume_with_other_config_is_refused_naming_what_differs(tmp_path):
     with pytest.raises(ResumeError) as err:
         WorkDir.open(tmp_path / "w", other)
     assert str(err.value) == (f"work dir {str(tmp_path / 'w')!r} belongs to another run (the style settings, "
-                              f"the VGG-19 weights differ); use --restart to start over (the old dir is kept "
+                              f"the VGG-19 weights differ: weights w -> v); use --restart to start over (the old dir is kept "
                               f"aside) or --workdir DIR")
 
 

@@ -98,3 +98,16 @@ def test_input_checks():
         temporal_warping_error([texture(), np.zeros((H, W, 3))], [texture()] * 2)
     with pytest.raises(InputError, match="source frames must all be 96x72; frame 1 is 48x72"):
         temporal_warping_error([texture()] * 2, [texture(), texture()[:, :48]])
+
+
+def test_warping_error_with_the_exact_flow_of_a_shift_is_small_and_nan_without_reliable_pixels():
+    from videostyle.metrics import warping_error
+
+    prev, cur = texture(), texture(shift=(1.5, 0.5))
+    flow = np.zeros((H, W, 2), np.float32)
+    flow[..., 0], flow[..., 1] = -1.5, -0.5  # frame t -> t-1
+    inside = np.ones((H, W), np.float32)
+    inside[:1], inside[:, :2] = 0, 0  # where p + flow(p) falls outside frame t-1
+    exact = warping_error(cur, prev, flow, inside)
+    assert exact < 0.1 * warping_error(cur, prev, np.zeros_like(flow), inside)
+    assert np.isnan(warping_error(cur, prev, flow, np.zeros((H, W), np.float32)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import signal
 import sys
 import warnings
@@ -77,7 +78,9 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
     if video:
         t = p.add_argument_group("temporal coherence")
         t.add_argument("--init", choices=INITS, default="prev-warped", help="init of later frames")
-        t.add_argument("--temporal-weight", type=float, default=200.0)
+        t.add_argument("--temporal-weight", type=float, default=50.0,
+                       help="weight of the temporal consistency loss; 0 turns it off "
+                            "(default 50, measured in docs/TEMPORAL.md)")
         t.add_argument("--flow", default="dis", help="dis|farneback|raft-small|raft-large")
         t.add_argument("--flow-indices", type=_int_list, default=(1,),
                        help="temporal terms to frames t-k, e.g. 1,2,4 (Ruder's long-term loss)")
@@ -118,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_style_options(i, video=False)
 
     v = sub.add_parser("evaluate", parents=[common], help="temporal warping error and losses of a stylised video")
-    v.add_argument("stylised", help="stylised video")
+    v.add_argument("stylised", help="stylised video, or a directory of PNG frames (e.g. a --keep-workdir work dir)")
     v.add_argument("--source", required=True, help="the video it was made from")
     v.add_argument("--style", help="style image(s), comma-separated: also report content/style loss per frame")
     v.add_argument("--weights", default="auto", help="VGG-19 weights for the losses: auto|imagenet|untrained|PATH")
@@ -369,14 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = lambda message, category, *rest: print(
         f"{PROG}: warning: {message}", file=sys.stderr)
     # SIGTERM stops like Ctrl-C: the frame in progress is dropped, finished frames stay journaled.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         return _run(args)
     except KeyboardInterrupt:
         if args.command in ("stylize", "resume"):
-            workdir = getattr(args, "workdir_shown", None) or getattr(args, "workdir", None)
-            how = f"{PROG} resume {workdir}" if workdir else "the same command"
-            print(f"\n{PROG}: interrupted; finished frames are kept. To resume: {how}", file=sys.stderr)
+            print(f"\n{PROG}: {_resume_hint(args)}", file=sys.stderr)
         return 130
     except (VideoStyleError, ValueError) as exc:
         if args.debug:
@@ -387,9 +388,19 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # internal error: one line, traceback with --debug
         if args.debug:
             raise
-        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
-              file=sys.stderr)
+        print(f"{PROG}: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
+              f"(rerun with --debug for details)", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """What to say on Ctrl-C / SIGTERM: the exact command that resumes, when there is a work dir."""
+    workdir = getattr(args, "workdir_shown", None) or getattr(args, "workdir", None)
+    if not workdir or not (Path(workdir) / "manifest.json").is_file():
+        return "interrupted before any work was saved; run the same command again to start"
+    return f"interrupted; finished frames are kept. To resume: {PROG} resume {shlex.quote(str(workdir))}"
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ class StyleConfig:
     content_weight: float = 1.0
     style_weight: float = 20.0
     tv_weight: float = 0.0
-    temporal_weight: float = 200.0
+    temporal_weight: float = 50.0  # chosen by scripts/bench_temporal.py, see docs/TEMPORAL.md
     content_layers: tuple[tuple[str, float], ...] = DEFAULT_CONTENT_LAYERS
     style_layers: tuple[tuple[str, float], ...] = DEFAULT_STYLE_LAYERS
     pooling: str = "avg"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -40,7 +41,20 @@ class Evaluation:
 
 
 def read_frames(path: str | os.PathLike) -> list[np.ndarray]:
-    """All frames of a video, upright, as ``(H, W, 3)`` uint8 (held in memory)."""
+    """All frames of a video, upright, as ``(H, W, 3)`` uint8 (held in memory).
+
+    ``path`` may also be a directory of PNG frames in name order, or a work dir (``--keep-workdir``)
+    whose ``frames/`` holds them: the stylised frames exactly as the optimiser wrote them, without the
+    H.264 4:2:0 chroma subsampling that adds ~5e-4 to E on stylised textures (docs/TEMPORAL.md).
+    """
+    folder = Path(path)
+    if folder.is_dir():
+        if (folder / "frames").is_dir():
+            folder = folder / "frames"
+        files = sorted(folder.glob("*.png"))
+        if not files:
+            raise InputError(f"expected a video file or a directory of PNG frames; {str(path)!r} has no .png files")
+        return [images.load_image(p) for p in files]
     return [frame.rgb for frame in iter_frames(probe_video(path))]
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import shlex
 import shutil
 import signal
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -25,14 +27,14 @@ from PIL import Image
 from . import __version__, images
 from .config import RunOptions, StyleConfig
 from .errors import InputError, OutputError, ResumeError
-from .features import VGGEncoder, resolve_weights
+from .features import LAYER_NAMES, VGGEncoder, resolve_weights
 from .flow import FlowEstimator, FlowWorker
 from .journal import WorkDir, file_fingerprint
 from .optimise import (FrameObjective, LossWeights, StyleTargets, TemporalTerm, compute_style_targets,
                        stylise_frame)
 from .temporal import initial_image, long_term_masks, mask_tensor, warp_previous
 from .video.decode import FramePrefetcher, iter_frames
-from .video.encode import check_output_path, encode_video
+from .video.encode import check_output_path, encode_video, remove_partial_outputs
 from .video.probe import VideoInfo, probe_video
 
 log = logging.getLogger(__name__)
@@ -115,10 +117,30 @@ def build_manifest(cfg: StyleConfig, info: VideoInfo, weights_id: str, working: 
         "weights_id": weights_id,
         "working_size": list(working),
         "source_size": [info.width, info.height],
-        "frame_count_estimate": info.frame_count,
-        "versions": {"videostyle": __version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
+        "frame_count_estimate": estimated_frame_count(info),
+        "versions": package_versions(),
     }
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of what decides the frames' bytes (recorded in the manifest; a resume warns on change)."""
+    import av
+    import cv2
+    import PIL
+
+    return {"videostyle": __version__, "torch": torch.__version__, "av": av.__version__,
+            "numpy": np.__version__, "opencv": cv2.__version__, "pillow": PIL.__version__,
+            "python": platform.python_version()}
+
+
+def estimated_frame_count(info: VideoInfo) -> int | None:
+    """The container's frame count, else duration x average rate (MKV states no count), else None."""
+    if info.frame_count:
+        return info.frame_count
+    duration = info.video_duration_s if info.video_duration_s is not None else info.duration_s
+    if duration and info.average_rate:
+        return max(1, round(duration * float(info.average_rate)))
+    return None
 
 
 def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: StyleConfig,
@@ -130,33 +152,90 @@ def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
             returned object gets ``update(1)``, ``set_postfix_str(str)`` and ``close()``.
     """
     output = Path(output)
+    cfg = _with_absolute_paths(cfg)  # the manifest must work from any directory (`videostyle resume`)
     info = probe_video(source)
+    # Everything that can be checked is checked before the (possibly hours of) work starts.
     check_output_path(output, input_path=source)
+    if opts.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {opts.batch_size}")
     device = pick_device(opts.device)
     working = images.working_size(info.width, info.height, cfg.size)
-    stylizer = Stylizer(cfg, device=device, working_size=working)
+    out_size = (info.width, info.height) if opts.output_size == "source" else working
+    check_encodable(out_size, source_size=(info.width, info.height))
+    check_working_size(cfg, working)
+    check_memory((info.width, info.height), out_size)
     workdir = Path(opts.workdir) if opts.workdir else default_workdir(output)
-    check_disk_space(workdir, working, info.frame_count)
-    manifest = build_manifest(cfg, info, stylizer.weights.weights_id, working, output=output,
-                              opts=replace(opts, workdir=str(workdir.resolve()), restart=False))
+    check_disk_space(workdir, working, estimated_frame_count(info))
+    stylizer = Stylizer(cfg, device=device, working_size=working)
+    run_opts = replace(opts, workdir=str(workdir.resolve()), restart=False)
+    manifest = build_manifest(cfg, info, stylizer.weights.weights_id, working, output=output, opts=run_opts)
     work = WorkDir.open(workdir, manifest, restart=opts.restart)
+    _note_resume(work, manifest)
     resumed_from = work.finished_count
     t0 = time.monotonic()
-    done_now = _stylise_frames(info, stylizer, work, working, progress=progress, verbose=opts.verbose,
-                               batch_size=max(1, opts.batch_size))
+    total = work.manifest.get("frame_count")
+    done_now = 0
+    if total is None or work.finished_count < total:
+        done_now = _stylise_frames(info, stylizer, work, working, progress=progress, verbose=opts.verbose,
+                                   batch_size=opts.batch_size)
+        work.update_manifest(frame_count=work.finished_count)  # decoding is complete: the real count
     elapsed = time.monotonic() - t0
-    _test_kill_point("encode")
-
-    out_size = (info.width, info.height) if opts.output_size == "source" else working
-    pts_list = [work.entries[i].pts for i in range(work.finished_count)]
-    encode_video(((images.resize_rgb(work.read_frame(i), out_size), pts) for i, pts in enumerate(pts_list)),
-                 output_path=output, time_base=info.time_base, source=info, crf=opts.crf,
-                 preset=opts.preset, average_rate=info.average_rate)
+    _encode_journaled(work, info, output, out_size, opts)
     summary = RunSummary(output, work.finished_count, resumed_from,
                          elapsed / done_now if done_now else 0.0, stylizer.weights.weights_id, workdir)
     if not opts.keep_workdir:
         work.remove()
     return summary
+
+
+def _with_absolute_paths(cfg: StyleConfig) -> StyleConfig:
+    """``cfg`` with its style image paths (and a weights file path) made absolute."""
+    styles = tuple(str(Path(p).resolve()) for p in cfg.styles)
+    weights = cfg.weights
+    if weights not in ("auto", "imagenet", "untrained"):
+        weights = str(Path(weights).resolve())
+    if styles == cfg.styles and weights == cfg.weights:
+        return cfg
+    return replace(cfg, styles=styles, weights=weights)
+
+
+def _note_resume(work: WorkDir, manifest: dict) -> None:
+    """On a resume: record this run's output and options (what `videostyle resume` will use), and warn
+    when package versions changed (frames made by other versions may differ in the last bits)."""
+    fields = {k: manifest[k] for k in ("output", "run_options") if work.manifest.get(k) != manifest[k]}
+    if fields:
+        work.update_manifest(**fields)
+    if not work.finished_count or work.manifest.get("frame_count") == work.finished_count:
+        return  # nothing made earlier, or nothing left to make
+    old, new = work.manifest.get("versions", {}), manifest["versions"]
+    changed = [f"{name} {old[name]} -> {new[name]}" for name in sorted(new)
+               if name in old and old[name] != new.get(name)]
+    if changed:
+        warnings.warn(f"resuming {work.finished_count} frames made with other package versions "
+                      f"({', '.join(changed)}); the remaining frames may differ slightly from an "
+                      f"uninterrupted run", stacklevel=2)
+
+
+def _encode_journaled(work: WorkDir, info: VideoInfo, output: Path, out_size: tuple[int, int],
+                      opts: RunOptions) -> None:
+    """Encode the journaled frames (only these: a crash here redoes the encoding, never a frame)."""
+    remove_partial_outputs(output)  # what an encode killed earlier left beside the output
+    pts_list = [work.entries[i].pts for i in range(work.finished_count)]
+
+    def frames():
+        for i, pts in enumerate(pts_list):
+            if i == min(2, len(pts_list) - 1):
+                _test_kill_point("encode")
+            yield images.resize_rgb(work.read_frame(i), out_size), pts
+
+    try:
+        encode_video(frames(), output_path=output, time_base=info.time_base, source=info, crf=opts.crf,
+                     preset=opts.preset, average_rate=info.average_rate)
+    except OutputError as exc:
+        kept, shown = work.finished_count, str(work.path)
+        raise OutputError(f"{exc}; {kept} stylised frame{'' if kept == 1 else 's'} kept in {shown!r}: fix this, "
+                          f"then rerun the same command (or `videostyle resume {shlex.quote(shown)}`) to "
+                          f"encode them") from exc
 
 
 def resume_video(workdir: str | os.PathLike, *, device: str | None = None,
@@ -178,14 +257,18 @@ def check_disk_space(workdir: Path, working: tuple[int, int], frame_count: int |
     """Refuse to start when the work dir's disk clearly cannot hold the frames.
 
     Estimate: a working-size PNG of a stylised frame takes about 2 bytes per pixel (measured ~1.5-2.5
-    at compress level 1), plus 64 MiB of headroom for the encoded output.
+    at compress level 1), plus 64 MiB of headroom for the encoded output. Frames already in the work
+    dir (a resume) need no more space.
     """
     if not frame_count:
         return
-    parent = workdir if workdir.exists() else workdir.parent
-    if not parent.exists():
-        return  # check_output_path / WorkDir report the missing directory
-    need = frame_count * working[0] * working[1] * 2 + (64 << 20)
+    parent = workdir
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # the work dir (and its parents) will be created
+    if not parent.is_dir():
+        return  # WorkDir reports what is wrong with the path
+    existing = len(list((workdir / "frames").glob("*.png"))) if workdir.is_dir() else 0
+    need = max(0, frame_count - existing) * working[0] * working[1] * 2 + (64 << 20)
     free = shutil.disk_usage(parent).free
     if free < need:
         raise OutputError(f"not enough disk space for the work dir in {str(parent)!r}: about "
@@ -193,11 +276,78 @@ def check_disk_space(workdir: Path, working: tuple[int, int], frame_count: int |
                           f"free space, lower --size or choose --workdir on another disk")
 
 
-def _test_kill_point(point: str, index: int | None = None) -> None:
-    """Test-only fault injection: ``VIDEOSTYLE_TEST_KILL_AT=frame:N|journal:N|encode`` SIGKILLs this process.
+# libx264 refuses wider or taller pictures (measured with av 18.1: 16386x16 fails in avcodec_open2 with
+# "Generic error in an external library"; 16384x16 encodes).
+ENCODER_MAX_SIDE = 16384
 
-    ``frame:N`` dies while frame N is being optimised (nothing of it written), ``journal:N`` right after
-    frame N was journaled, ``encode`` as encoding starts. Used by tests/test_resume.py only.
+
+def check_encodable(out_size: tuple[int, int], *, source_size: tuple[int, int]) -> None:
+    """``OutputError`` when the H.264 encoder cannot take frames of ``out_size`` ``(W, H)`` px."""
+    w, h = out_size
+    if max(w, h) > ENCODER_MAX_SIDE:
+        hint = ("; use --output-size working (encode at the working size, --size)"
+                if out_size == source_size else "; lower --size")
+        raise OutputError(f"video too large for the H.264 encoder: {w}x{h} px output, at most "
+                          f"{ENCODER_MAX_SIDE} px per side{hint}")
+
+
+def check_working_size(cfg: StyleConfig, working: tuple[int, int]) -> None:
+    """``InputError`` when the working frames are too small for the deepest VGG layer used.
+
+    Each pooling halves the picture (rounding down); a layer after ``p`` poolings needs a short edge of
+    at least ``2**p`` px (relu5_1: 16 px), or its feature map is empty.
+    """
+    layers = [name for name, _ in (*cfg.content_layers, *cfg.style_layers) if name in LAYER_NAMES]
+    if not layers:
+        return  # VGGEncoder reports unknown names
+    deepest = max(layers, key=LAYER_NAMES.index)
+    poolings = sum(1 for name in LAYER_NAMES[:LAYER_NAMES.index(deepest)] if name.startswith("pool"))
+    need = 2 ** poolings
+    if min(working) < need:
+        raise InputError(f"working size {working[0]}x{working[1]} px is too small for layer {deepest}, "
+                         f"which needs a short edge of at least {need} px; raise --size")
+
+
+# Decoded source frames held at once: the prefetch queue (8), the flow worker's queue and history (4 +
+# offsets), and a few being converted; the encoder's lookahead holds ~60 YUV 4:2:0 frames (1.5 B/px).
+_SOURCE_FRAMES_HELD = 16
+_ENCODER_FRAMES_HELD = 60
+_BASE_MEMORY = 512 << 20  # torch, the VGG encoder and its activations at working size (typical)
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to new work (Linux ``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(source_size: tuple[int, int], out_size: tuple[int, int]) -> None:
+    """``InputError`` when frames this large clearly cannot be decoded and encoded in the memory there is."""
+    available = _available_memory()
+    if available is None:
+        return
+    need = (_BASE_MEMORY + source_size[0] * source_size[1] * 3 * _SOURCE_FRAMES_HELD
+            + int(out_size[0] * out_size[1] * 1.5 * _ENCODER_FRAMES_HELD))
+    if need > available:
+        raise InputError(f"video frames too large for the memory available: "
+                         f"{source_size[0]}x{source_size[1]} px source, {out_size[0]}x{out_size[1]} px output "
+                         f"need about {need / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available; "
+                         f"use --output-size working or a smaller source")
+
+
+def _test_kill_point(point: str, index: int | None = None) -> None:
+    """TEST-ONLY fault injection: ``VIDEOSTYLE_TEST_KILL_AT=frame:N|journal:N|encode`` SIGKILLs this process.
+
+    ``frame:N`` dies once frame N is optimised, before any of it is written (as if killed mid-frame),
+    ``journal:N`` right after frame N was journaled, ``encode`` in the middle of encoding (after two
+    frames went to the encoder, so a partial output file exists). Never set it outside tests
+    (tests/test_resume.py).
     """
     wanted = os.environ.get("VIDEOSTYLE_TEST_KILL_AT")
     if wanted and wanted == (point if index is None else f"{point}:{index}"):
@@ -232,7 +382,7 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
                     continue
                 content = images.to_tensor(content_rgb, device)
                 init, temporal = _init_and_temporal(cfg, index, content, previous, flows, masks,
-                                                    stylizer.generator)
+                                                    frame_generator(cfg.seed, index))
                 iterations = cfg.iters_first if index == 0 else cfg.iters
                 result = stylizer.stylise(content, init, iterations=iterations, temporal=temporal)
                 _test_kill_point("frame", index)
@@ -251,7 +401,9 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
                     bar.update(1)
             _journal(work, pending)
         except KeyboardInterrupt:
-            _journal(work, pending)  # finished frames of a partial batch are complete: keep them
+            # Ctrl-C / SIGTERM: the frame in progress is dropped; the finished frames of a partial batch
+            # are complete, so they are kept. A second interrupt here loses only unjournaled frames.
+            _journal(work, pending)
             raise
         finally:
             if hasattr(records, "close"):
@@ -264,11 +416,21 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
 
 
 def _journal(work: WorkDir, pending: list) -> None:
-    """Write and journal the pending frames (in order), then empty the list."""
-    for index, pts, rgb in pending:
+    """Write and journal the pending frames in order, taking each off the list once it is journaled
+    (so a call interrupted half-way can be repeated)."""
+    while pending:
+        index, pts, rgb = pending[0]
         work.write_frame(index, pts, rgb)
+        pending.pop(0)
         _test_kill_point("journal", index)
-    pending.clear()
+
+
+def frame_generator(seed: int, index: int) -> torch.Generator:
+    """The random generator for frame ``index`` (noise init): seeded per frame, so a resumed run draws
+    the same noise as an uninterrupted one. Frame 0 uses ``seed`` itself, as :func:`stylize_image`."""
+    if index == 0:
+        return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
 
 
 def _frame_records(frames, cfg: StyleConfig, working: tuple[int, int]) -> Iterator:

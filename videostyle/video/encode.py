@@ -14,6 +14,7 @@ Convention:
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import tempfile
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import numpy as np
 from ..errors import OutputError
 from .probe import AudioStreamInfo, VideoInfo, ffmpeg_errors_shown, open_input
 
-__all__ = ["OUTPUT_FORMATS", "check_output_path", "encode_video"]
+__all__ = ["OUTPUT_FORMATS", "check_output_path", "encode_video", "remove_partial_outputs"]
 
 # Output extension -> FFmpeg muxer. All three take H.264 video and AAC audio.
 OUTPUT_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -75,6 +76,28 @@ def check_output_path(output_path: str | os.PathLike, *, input_path: str | os.Pa
     except OSError as exc:
         raise OutputError(f"output directory is not writable: {str(parent)!r} ({exc.strerror})") from exc
     return path
+
+
+def _partial_affixes(out_path: Path) -> dict[str, str]:
+    """Name parts of the temp file an encode writes beside ``out_path``: ``.STEM.XXXX.partial.EXT``."""
+    return {"prefix": f".{out_path.stem}.", "suffix": f".partial{out_path.suffix}"}
+
+
+def remove_partial_outputs(output_path: str | os.PathLike) -> int:
+    """Delete temp files that encodes of ``output_path`` killed before they finished left beside it.
+
+    Only for a caller that knows no other encode of the same output runs. Returns how many went.
+    """
+    path = Path(output_path)
+    affixes = _partial_affixes(path)
+    removed = 0
+    for stale in path.parent.glob(f"{glob.escape(affixes['prefix'])}*{glob.escape(affixes['suffix'])}"):
+        try:
+            stale.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -135,9 +158,7 @@ def encode_video(
     ffmpeg_errors_shown()
     src = open_input(source.path) if audio_streams else None
     try:
-        fd, tmp_name = tempfile.mkstemp(
-            dir=out_path.parent, prefix=f".{out_path.stem}.", suffix=f".partial{out_path.suffix}"
-        )
+        fd, tmp_name = tempfile.mkstemp(dir=out_path.parent, **_partial_affixes(out_path))
     except OSError as exc:
         if src is not None:
             src.close()
