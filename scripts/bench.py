@@ -107,7 +107,7 @@ def main() -> None:
     back, fwd = est(small[1], small[0]), est(small[0], small[1])
     mask = mask_tensor(reliability_mask(back, fwd), device)
     warped = warp_previous(prev, back)
-    temporal = [TemporalTerm(warped, mask, 200.0)]
+    temporal = [TemporalTerm(warped, mask, StyleConfig.__dataclass_fields__["temporal_weight"].default)]
     objective = FrameObjective(enc, contents[1], targets, lw, temporal)
 
     # (1) overhead ratio, alternating the two measurements so machine load hits both alike.

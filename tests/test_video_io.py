@@ -486,3 +486,16 @@ def test_disk_full_gives_output_error_and_removes_temp_file(tmp_path, monkeypatc
         disk.close()
     assert str(excinfo.value) == f"disk full while writing '{out_dir / 'out.mp4'}' (No space left on device)"
     assert list(out_dir.iterdir()) == []
+
+
+def test_output_file_gets_the_usual_permissions_not_owner_only(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", n_frames=2, audio=None)
+    info = probe_video(src)
+    out = tmp_path / "out.mp4"
+    old = os.umask(0o022)
+    try:
+        encode_video(((f.rgb, f.pts) for f in iter_frames(info)), output_path=out, time_base=info.time_base,
+                     source=info)
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644

@@ -165,6 +165,10 @@ def encode_video(
         raise _as_output_error(exc, out_path) from exc
     os.close(fd)
     tmp_path = Path(tmp_name)
+    # mkstemp makes the file owner-only (0600); a finished video should get the usual permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         out = av.open(str(tmp_path), "w", format=OUTPUT_FORMATS[out_path.suffix.lower()])
         try:
