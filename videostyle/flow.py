@@ -14,8 +14,6 @@ Convention:
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -25,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import images
+from .background import BackgroundIterator
 from .errors import InputError, WeightsError
 
 FLOW_METHODS = ("dis", "farneback", "raft-small", "raft-large")
@@ -401,23 +400,14 @@ def _frame_flows(frames: Iterable, estimator: Callable[[np.ndarray, np.ndarray],
             del recent[old]
 
 
-class _End:
-    pass
-
-
-class _Failed:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-class FlowWorker:
+class FlowWorker(BackgroundIterator["FrameFlows"]):
     """Computes :func:`iter_frame_flows` records ahead of the consumer in a background thread.
 
     Flow needs only source frames, so it runs while the optimiser works on earlier frames.
     At most ``depth`` finished records wait in the queue. An exception in the thread (from the frame
     iterator or the estimator) is re-raised by the consumer's ``for`` loop, after the records made
     before it. ``close()`` (or leaving the ``with`` block) stops the thread promptly: it returns
-    once the thread finishes its current flow, or after ``timeout`` s if the frame iterator blocks.
+    once the thread finishes its current flow, or after 5 s if the frame iterator blocks.
     The source iterator is not closed here: its owner closes it.
 
     Args:
@@ -432,57 +422,5 @@ class FlowWorker:
                  resize_to: tuple[int, int] | None = None) -> None:
         if depth < 1:
             raise ValueError(f"FlowWorker depth must be >= 1; got {depth}")
-        self._records = iter_frame_flows(frames, estimator, offsets=_check_offsets(offsets),
-                                         resize_to=resize_to)
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._finished = False
-        self._thread = threading.Thread(target=self._run, name="videostyle-flow", daemon=True)
-        self._thread.start()
-
-    def _put(self, item: object) -> bool:
-        """Blocks until there is room or close() was called; returns False when closing."""
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        try:
-            for rec in self._records:
-                if not self._put(rec):
-                    return
-            self._put(_End())
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            self._put(_Failed(exc))
-
-    def __iter__(self) -> Iterator[FrameFlows]:
-        while not self._finished:
-            item = self._queue.get()
-            if isinstance(item, _End):
-                self._finished = True
-                return
-            if isinstance(item, _Failed):
-                self._finished = True
-                raise item.exc
-            yield item
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Stops the worker thread and drops pending records; safe to call twice."""
-        self._finished = True
-        self._stop.set()
-        while True:  # unblock a producer waiting on a full queue
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        self._thread.join(timeout)
-
-    def __enter__(self) -> "FlowWorker":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        records = iter_frame_flows(frames, estimator, offsets=_check_offsets(offsets), resize_to=resize_to)
+        super().__init__(records, depth=depth, name="videostyle-flow", join_timeout=5.0)

@@ -66,7 +66,6 @@ class Stylizer:
         layers = [*self.loss_weights.content_layers, *self.loss_weights.style_layers]
         self.encoder = VGGEncoder(layers, self.weights, pooling=cfg.pooling).to(device)
         self.targets = self._style_targets(working_size)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
 
     def _style_targets(self, working_size: tuple[int, int]) -> StyleTargets:
         long_edge = max(16, int(round(max(working_size) * self.cfg.style_scale)))
@@ -443,19 +442,10 @@ def _frame_records(frames, cfg: StyleConfig, working: tuple[int, int]) -> Iterat
         for frame in frames:
             yield frame.index, frame.pts, images.resize_rgb(frame.rgb, working), {}, {}
         return
-    pts_of: dict[int, int] = {}
-
-    def remember_pts(source):
-        for frame in source:
-            pts_of[frame.index] = frame.pts
-            yield frame
-
     estimator = FlowEstimator(cfg.flow, device="cpu" if cfg.flow in ("dis", "farneback") else "auto")
-    with FlowWorker(remember_pts(frames), estimator, offsets=cfg.flow_offsets,
-                    resize_to=working) as worker:
+    with FlowWorker(frames, estimator, offsets=cfg.flow_offsets, resize_to=working) as worker:
         for rec in worker:
-            yield (rec.index, pts_of.pop(rec.index), images.resize_rgb(rec.rgb, working),
-                   rec.back, rec.mask)
+            yield rec.index, rec.pts, images.resize_rgb(rec.rgb, working), rec.back, rec.mask
 
 
 def _init_and_temporal(cfg: StyleConfig, index: int, content: torch.Tensor,
@@ -495,7 +485,7 @@ def stylize_image(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
     working = images.working_size(rgb.shape[1], rgb.shape[0], cfg.size)
     stylizer = Stylizer(cfg, device=pick_device(opts.device), working_size=working)
     content = images.to_tensor(images.resize_rgb(rgb, working), stylizer.device)
-    init = initial_image(cfg.init_first, content=content, generator=stylizer.generator)
+    init = initial_image(cfg.init_first, content=content, generator=frame_generator(cfg.seed, 0))
     result = stylizer.stylise(content, init, iterations=cfg.iters_first)
     tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
     images.save_image(images.to_uint8(result.image), tmp)

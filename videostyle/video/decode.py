@@ -12,8 +12,6 @@ file ends early or cannot be read further the frames decoded so far are kept and
 
 from __future__ import annotations
 
-import queue
-import threading
 import warnings
 from dataclasses import dataclass
 from typing import Iterator
@@ -21,6 +19,7 @@ from typing import Iterator
 import av
 import numpy as np
 
+from ..background import BackgroundIterator
 from ..errors import InputError
 from .probe import VideoInfo, ffmpeg_errors_shown, ffmpeg_reason, open_input
 
@@ -218,10 +217,7 @@ def _to_rgb(frame: av.VideoFrame, info: VideoInfo) -> np.ndarray:
     return np.ascontiguousarray(rgb[: info.height, : info.width])
 
 
-_DONE = object()  # end-of-stream marker in the prefetch queue
-
-
-class FramePrefetcher:
+class FramePrefetcher(BackgroundIterator[SourceFrame]):
     """Decode ahead in a background thread so decoding overlaps the consumer's work.
 
     Iterating yields the same items as ``frames``, in order. At most ``depth`` decoded frames wait
@@ -238,74 +234,4 @@ class FramePrefetcher:
     """
 
     def __init__(self, frames: Iterator[SourceFrame], *, depth: int = 8):
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
-        self._frames = frames
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._finished = False
-        self._thread = threading.Thread(target=self._run, name="videostyle-decode", daemon=True)
-        self._thread.start()
-
-    # Seconds between checks of the stop flag while the queue is full.
-    _POLL_S = 0.05
-
-    def _put(self, item) -> bool:
-        """Queue ``item`` unless asked to stop; False when stopped."""
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=self._POLL_S)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        try:
-            for item in self._frames:
-                if not self._put(("item", item)):
-                    break
-            else:
-                self._put(("done", _DONE))
-        except BaseException as exc:  # handed to the consumer, re-raised there
-            self._put(("error", exc))
-        finally:
-            close = getattr(self._frames, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:
-                    pass
-
-    def __iter__(self) -> Iterator[SourceFrame]:
-        return self
-
-    def __next__(self) -> SourceFrame:
-        if self._finished:
-            raise StopIteration
-        kind, payload = self._queue.get()
-        if kind == "item":
-            return payload
-        self._finished = True
-        self._thread.join()
-        if kind == "error":
-            raise payload
-        raise StopIteration
-
-    def close(self) -> None:
-        """Stop the decode thread and wait for it; idempotent."""
-        self._finished = True
-        self._stop.set()
-        # Empty the queue so a producer blocked in put() sees the stop flag at once.
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        self._thread.join()
-
-    def __enter__(self) -> "FramePrefetcher":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+        super().__init__(frames, depth=depth, name="videostyle-decode")
