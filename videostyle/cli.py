@@ -36,6 +36,11 @@ def _float_list(text: str) -> tuple[float, ...]:
     return tuple(float(p) for p in text.split(","))
 
 
+def _path_list(text: str | None) -> tuple[str, ...]:
+    """``"a.jpg, b.jpg"`` -> ("a.jpg", "b.jpg"); None or empty -> ()."""
+    return tuple(p.strip() for p in (text or "").split(",") if p.strip())
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(","))
 
@@ -176,7 +181,7 @@ def _add_webcam_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def _style_config(args: argparse.Namespace, *, video: bool) -> StyleConfig:
-    styles = tuple(s.strip() for s in args.style.split(",") if s.strip())
+    styles = _path_list(args.style)
     kwargs = dict(
         styles=styles, style_weights=args.style_weights, size=args.size, style_scale=args.style_scale,
         iters_first=args.iters[0], iters=args.iters[1], optimizer=args.optimizer, learning_rate=args.lr,
@@ -255,7 +260,7 @@ def _report(summary, quiet: bool) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from . import evaluate
 
-    styles = tuple(s.strip() for s in args.style.split(",") if s.strip()) if args.style else ()
+    styles = _path_list(args.style)
     result = evaluate.evaluate_frames(evaluate.read_frames(args.stylised), evaluate.read_frames(args.source),
                                       styles=styles, weights=args.weights, device=args.device)
     print(evaluate.format_table(result))
