@@ -16,7 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
-from .config import INITS, INITS_FIRST, OPTIMIZERS, POOLINGS, RunOptions, StyleConfig
+from .config import (INITS, INITS_FIRST, OPTIMIZERS, POOLINGS, PRECISIONS, QUALITIES, QUALITY_PRESETS,
+                     RunOptions, StyleConfig)
 from .errors import VideoStyleError
 
 PROG = "videostyle"
@@ -61,10 +62,19 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
     g = p.add_argument_group("style")
     g.add_argument("--style", required=style_required, help="style image(s), comma-separated")
     g.add_argument("--style-weights", type=_float_list, default=(), help="blend weights, e.g. 0.7,0.3")
-    g.add_argument(size_flag, dest="size", type=int, default=512, help="long edge of the working resolution, px (default 512)")
+    g.add_argument("--quality", choices=QUALITIES, default="default",
+                   help="preset of size, iterations and octaves: "
+                        + "; ".join(f"{name}: {_describe_preset(name)}" for name in QUALITIES)
+                        + " (flags given explicitly override it)")
+    g.add_argument(size_flag, dest="size", type=int, default=None,
+                   help="long edge of the working resolution, px (default: from --quality)")
     g.add_argument("--style-scale", type=float, default=1.0, help="style image size relative to --size")
-    g.add_argument("--iters", type=_int_pair, default=(300, 150),
-                   help="optimiser iterations: N, or FIRST,LATER for the first and later frames (default 300,150)")
+    g.add_argument("--iters", type=_int_pair, default=None,
+                   help="optimiser iterations: N, or FIRST,LATER for the first and later frames "
+                        "(default: from --quality)")
+    g.add_argument("--octaves", type=int, default=None,
+                   help="coarse-to-fine levels: each frame is optimised at 1/2, 1/4, ... of the size first "
+                        "(1: full size only; default: from --quality)")
     g.add_argument("--content-weight", type=float, default=1.0)
     g.add_argument("--style-weight", type=float, default=20.0)
     g.add_argument("--tv-weight", type=float, default=0.0)
@@ -80,6 +90,9 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
     g.add_argument("--weights", default="auto", help="VGG-19 weights: auto|imagenet|untrained|PATH")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument(device_flag, dest="device", default="auto", help="auto|cpu|cuda|cuda:N")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="VGG's convolutions in fp32 (default), bf16 or fp16 (autocast, for GPUs with tensor "
+                        "cores; the image and the losses stay fp32)")
     if video:
         t = p.add_argument_group("temporal coherence")
         t.add_argument("--init", choices=INITS, default="prev-warped", help="init of later frames")
@@ -180,11 +193,22 @@ def _add_webcam_parser(sub, common: argparse.ArgumentParser) -> None:
     e.add_argument("--keep-workdir", action="store_true", help="keep the stylised frames after encoding")
 
 
+def _describe_preset(name: str) -> str:
+    preset = QUALITY_PRESETS[name]
+    return (f"size {preset['size']}, iters {preset['iters_first']},{preset['iters']}, "
+            f"octaves {preset['octaves']}")
+
+
 def _style_config(args: argparse.Namespace, *, video: bool) -> StyleConfig:
     styles = _path_list(args.style)
+    preset = QUALITY_PRESETS[args.quality]
+    given = {name: value for name, value in (("size", args.size), ("iters", args.iters),
+                                              ("octaves", args.octaves)) if value is not None}
+    iters = given.get("iters", (preset["iters_first"], preset["iters"]))
     kwargs = dict(
-        styles=styles, style_weights=args.style_weights, size=args.size, style_scale=args.style_scale,
-        iters_first=args.iters[0], iters=args.iters[1], optimizer=args.optimizer, learning_rate=args.lr,
+        styles=styles, style_weights=args.style_weights, size=given.get("size", preset["size"]),
+        style_scale=args.style_scale, iters_first=iters[0], iters=iters[1],
+        octaves=given.get("octaves", preset["octaves"]), optimizer=args.optimizer, learning_rate=args.lr,
         content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
         pooling=args.pooling, init_first=args.init_first, tol_loss_relative=args.tol,
         weights=args.weights, seed=args.seed)
@@ -231,7 +255,7 @@ def _run(args: argparse.Namespace) -> int:
                                         progress=_progress_factory(args.quiet))
         _report(summary, args.quiet)
         return 0
-    opts = RunOptions(device=args.device, quiet=args.quiet, verbose=args.verbose)
+    opts = RunOptions(device=args.device, quiet=args.quiet, verbose=args.verbose, precision=args.precision)
     if args.command == "image":
         cfg = _style_config(args, video=False)
         output = args.output or _default_output(args.input, cfg.styles, ".png")
@@ -243,7 +267,7 @@ def _run(args: argparse.Namespace) -> int:
     output = args.output or _default_output(args.input, cfg.styles, ".mp4")
     opts = RunOptions(device=args.device, crf=args.crf, preset=args.preset, output_size=args.output_size,
                       workdir=args.workdir, quiet=args.quiet, verbose=args.verbose, restart=args.restart,
-                      keep_workdir=args.keep_workdir, batch_size=args.batch_size)
+                      keep_workdir=args.keep_workdir, batch_size=args.batch_size, precision=args.precision)
     args.workdir_shown = args.workdir or str(pipeline.default_workdir(Path(output)))
     summary = pipeline.stylize_video(args.input, output, cfg, opts, progress=_progress_factory(args.quiet))
     _report(summary, args.quiet)
@@ -337,7 +361,8 @@ def _webcam(args: argparse.Namespace) -> int:
         return 0
     workdir = raw.with_name(raw.name + ".videostyle-work")
     opts = RunOptions(device=args.device, crf=args.crf, preset=args.preset, workdir=str(workdir),
-                      quiet=args.quiet, verbose=args.verbose, keep_workdir=args.keep_workdir)
+                      quiet=args.quiet, verbose=args.verbose, keep_workdir=args.keep_workdir,
+                      precision=args.precision)
     try:
         summary = pipeline.stylize_video(raw, output, cfg, opts, progress=_progress_factory(args.quiet))
     except KeyboardInterrupt:

@@ -16,10 +16,20 @@ DEFAULT_CONTENT_LAYERS = (("relu4_2", 1.0),)
 DEFAULT_STYLE_LAYERS = (("relu1_1", 1.0), ("relu2_1", 1.0), ("relu3_1", 1.0),
                         ("relu4_1", 1.0), ("relu5_1", 1.0))
 
+# --quality presets: the settings that trade time for quality, chosen from scripts/bench.py and
+# scripts/bench_temporal.py (docs/BENCHMARKS.md). Explicit flags override a preset's values.
+QUALITY_PRESETS: dict[str, dict] = {
+    "draft": dict(size=384, iters_first=100, iters=30, octaves=2),
+    "default": dict(size=512, iters_first=200, iters=60, octaves=2),
+    "high": dict(size=768, iters_first=400, iters=150, octaves=3),
+}
+QUALITIES = tuple(QUALITY_PRESETS)
+
 INITS_FIRST = ("content", "noise")
 INITS = ("prev-warped", "prev", "content", "noise")
 OPTIMIZERS = ("lbfgs", "adam")
 POOLINGS = ("avg", "max")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -30,7 +40,9 @@ class StyleConfig:
         styles: style image paths; ``style_weights`` blends them (normalised to sum 1; empty = equal).
         size: long edge of the working resolution, px (even sizes are kept).
         style_scale: style image long edge relative to ``size``.
-        iters_first / iters: optimiser iterations for the first frame / later frames.
+        iters_first / iters: optimiser iterations for the first frame / later frames (at full size).
+        octaves: coarse-to-fine levels; each frame is first optimised at 1/2, 1/4, ... of the size (as
+            many iterations per level, each ~4x cheaper than the level above), 1 = full size only.
         content_weight, style_weight, tv_weight, temporal_weight: loss weights (content and style terms
             are normalised per layer by their target magnitude, see :mod:`videostyle.losses`).
         content_layers / style_layers: ``(layer, weight)`` pairs; layer weights are normalised to sum 1.
@@ -45,10 +57,11 @@ class StyleConfig:
 
     styles: tuple[str, ...]
     style_weights: tuple[float, ...] = ()
-    size: int = 512
+    size: int = QUALITY_PRESETS["default"]["size"]
     style_scale: float = 1.0
-    iters_first: int = 300
-    iters: int = 150
+    iters_first: int = QUALITY_PRESETS["default"]["iters_first"]
+    iters: int = QUALITY_PRESETS["default"]["iters"]
+    octaves: int = QUALITY_PRESETS["default"]["octaves"]
     optimizer: str = "lbfgs"
     learning_rate: float = 0.02
     content_weight: float = 1.0
@@ -77,6 +90,8 @@ class StyleConfig:
             raise ValueError(f"--size must be at least 16 px, got {self.size}")
         if self.iters_first < 0 or self.iters < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iters_first},{self.iters}")
+        if not 1 <= self.octaves <= 5:
+            raise ValueError(f"--octaves must be between 1 and 5, got {self.octaves}")
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("pooling", self.pooling, POOLINGS)
         _check_choice("init-first", self.init_first, INITS_FIRST)
@@ -129,6 +144,7 @@ class RunOptions:
     restart: bool = False
     keep_workdir: bool = False
     batch_size: int = 1           # frames journaled together; a finished batch is never redone
+    precision: str = "fp32"       # VGG convolutions in fp32, bf16 or fp16 (autocast; losses stay fp32)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -36,6 +36,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 UNTRAINED_SEED = 0
 
+# --precision (config.PRECISIONS): the dtype VGG's convolutions run in (None: plain float32).
+_AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 # Convolutions per block of VGG-19 (configuration "E").
 _VGG19_BLOCKS = (2, 2, 4, 4, 4)
 
@@ -192,11 +195,16 @@ def _load_torchvision_features(stack: "OrderedDict[str, nn.Module]", state_dict:
 class VGGEncoder(nn.Module):
     """VGG-19 feature stack truncated after the deepest requested layer.
 
-    ``forward(image)`` returns a dict ``{layer_name: (B, C_l, H_l, W_l) features}`` for the requested
-    layers. Parameters are frozen (``requires_grad=False``); the module is in eval mode.
+    ``forward(image)`` returns a dict ``{layer_name: (B, C_l, H_l, W_l) float32 features}`` for the
+    requested layers. Parameters are frozen (``requires_grad=False``); the module is in eval mode.
+
+    ``precision``: ``fp32``, or ``bf16``/``fp16``: the convolutions run under autocast in that type
+    (tensor cores on CUDA) and the returned features are cast back to float32, so the Gram matrices
+    and losses are summed in float32.
     """
 
-    def __init__(self, layers: Iterable[str], weights: ResolvedWeights, *, pooling: str = "avg"):
+    def __init__(self, layers: Iterable[str], weights: ResolvedWeights, *, pooling: str = "avg",
+                 precision: str = "fp32"):
         super().__init__()
         self.layers = tuple(dict.fromkeys(layers))
         unknown = [name for name in self.layers if name not in LAYER_NAMES]
@@ -204,6 +212,9 @@ class VGGEncoder(nn.Module):
             raise ValueError(f"unknown VGG-19 layer(s) {unknown}; expected names like relu4_2")
         if pooling not in ("avg", "max"):
             raise ValueError(f"pooling must be 'avg' or 'max', got {pooling!r}")
+        if precision not in _AUTOCAST_DTYPES:
+            raise ValueError(f"--precision must be one of {', '.join(_AUTOCAST_DTYPES)}; got {precision!r}")
+        self.autocast_dtype = _AUTOCAST_DTYPES[precision]
         deepest = max(LAYER_NAMES.index(name) for name in self.layers)
         stack = _build_stack(LAYER_NAMES[:deepest + 1], pooling)
         if weights.state_dict is None:
@@ -219,6 +230,13 @@ class VGGEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         x = (image - self.mean) / self.std
+        if self.autocast_dtype is None:
+            return self._run_stack(x)
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+            out = self._run_stack(x)
+        return {name: feats.float() for name, feats in out.items()}
+
+    def _run_stack(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         wanted = set(self.layers)
         out = {}
         for name, module in self.stack.named_children():

@@ -120,12 +120,17 @@ class FrameResult:
 def stylise_frame(objective: FrameObjective, init: torch.Tensor, *, iterations: int,
                   optimizer: str = "lbfgs", learning_rate: float = 0.02,
                   tol_loss_relative: float = 0.0,
-                  on_iteration: Callable[[int, float], None] | None = None) -> FrameResult:
+                  on_iteration: Callable[[int, float], None] | None = None,
+                  evaluate_result: bool = True) -> FrameResult:
     """Optimise the image starting from ``init`` ``(1, 3, H, W)`` in [0, 1].
 
     One iteration is one forward+backward pass for both optimisers (L-BFGS without line search, as
     neural-style), so the cost per iteration is one VGG evaluation. ``tol_loss_relative`` stops early
     once ``|loss_prev - loss| < tol * loss`` (checked each iteration).
+
+    ``evaluate_result``: the returned ``losses`` are those of the returned (clamped) image, at the cost
+    of one more forward pass (~1/3 of an iteration); with False they are the last iteration's, i.e. of
+    the image one step before the end (the video loop uses them only for its progress line).
     """
     x = init.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
     if optimizer == "lbfgs":
@@ -137,12 +142,16 @@ def stylise_frame(objective: FrameObjective, init: torch.Tensor, *, iterations: 
         raise ValueError(f"optimizer must be lbfgs or adam, got {optimizer!r}")
 
     history: list[float] = []
+    last_parts: dict[str, float] = {}
 
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        total, _ = objective(x)
+        total, parts = objective(x)
         total.backward()
         history.append(float(total.detach()))
+        if not evaluate_result:
+            last_parts.update({name: float(value.detach()) for name, value in parts.items()},
+                              total=history[-1])
         return total
 
     done = 0
@@ -160,10 +169,12 @@ def stylise_frame(objective: FrameObjective, init: torch.Tensor, *, iterations: 
                 and abs(history[-2] - loss) < tol_loss_relative * abs(loss)):
             break
     result = x.detach().clamp_(0.0, 1.0)
-    with torch.no_grad():
-        total, parts = objective(result)
-    final = {name: float(value) for name, value in parts.items()}
-    final["total"] = float(total)
+    final = last_parts
+    if evaluate_result or not final:
+        with torch.no_grad():
+            total, parts = objective(result)
+        final = {name: float(value) for name, value in parts.items()}
+        final["total"] = float(total)
     return FrameResult(result, final, done if iterations else 0, history)
 
 
@@ -216,8 +227,11 @@ def stylise_coarse_to_fine(encoder: VGGEncoder, content: torch.Tensor, init: tor
         start = _resize(init, size)
         if change is not None:
             start = start + _resize(change, size)
+        kwargs = dict(optimiser_kwargs)
+        if not last:  # a coarse octave's losses are never reported
+            kwargs.update(evaluate_result=False, on_iteration=None)
         result = stylise_frame(objective, start,
-                               iterations=iterations if last else coarse_iterations, **optimiser_kwargs)
+                               iterations=iterations if last else coarse_iterations, **kwargs)
         history += result.history
         change = result.image - _resize(init, size)
     result.history = history

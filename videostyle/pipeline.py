@@ -29,9 +29,10 @@ from .config import RunOptions, StyleConfig
 from .errors import InputError, OutputError, ResumeError
 from .features import LAYER_NAMES, VGGEncoder, resolve_weights
 from .flow import FlowEstimator, FlowWorker
+from .frame_writer import FrameWriter
 from .journal import WorkDir, file_fingerprint
-from .optimise import (FrameObjective, LossWeights, StyleTargets, TemporalTerm, compute_style_targets,
-                       stylise_frame)
+from .optimise import (FrameObjective, FrameResult, LossWeights, StyleTargets, TemporalTerm,
+                       compute_style_targets, stylise_coarse_to_fine, stylise_frame)
 from .temporal import initial_image, long_term_masks, mask_tensor, warp_previous
 from .video.decode import FramePrefetcher, iter_frames
 from .video.encode import check_output_path, encode_video, remove_partial_outputs
@@ -55,16 +56,24 @@ def _normalised(pairs) -> dict[str, float]:
 
 
 class Stylizer:
-    """Holds what is fixed for a whole run: device, VGG encoder, style targets and loss weights."""
+    """Holds what is fixed for a whole run: device, VGG encoder, style targets and loss weights.
 
-    def __init__(self, cfg: StyleConfig, *, device: torch.device, working_size: tuple[int, int]):
+    ``precision``: ``fp32``, or ``bf16``/``fp16`` to run VGG's convolutions under autocast (the image,
+    the Gram matrices and the losses stay float32); see :class:`~videostyle.features.VGGEncoder`.
+    """
+
+    def __init__(self, cfg: StyleConfig, *, device: torch.device, working_size: tuple[int, int],
+                 precision: str = "fp32"):
         self.cfg = cfg
         self.device = device
         self.weights = resolve_weights(cfg.weights)
         self.loss_weights = LossWeights(cfg.content_weight, cfg.style_weight, cfg.tv_weight,
                                         _normalised(cfg.content_layers), _normalised(cfg.style_layers))
         layers = [*self.loss_weights.content_layers, *self.loss_weights.style_layers]
-        self.encoder = VGGEncoder(layers, self.weights, pooling=cfg.pooling).to(device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input size for the whole run: pick the fastest
+        self.encoder = VGGEncoder(layers, self.weights, pooling=cfg.pooling,
+                                  precision=precision).to(device)
         self.targets = self._style_targets(working_size)
 
     def _style_targets(self, working_size: tuple[int, int]) -> StyleTargets:
@@ -78,11 +87,19 @@ class Stylizer:
                                      list(self.loss_weights.style_layers))
 
     def stylise(self, content: torch.Tensor, init: torch.Tensor, *, iterations: int,
-                temporal: tuple[TemporalTerm, ...] = ()):
+                temporal: tuple[TemporalTerm, ...] = (), evaluate_result: bool = True,
+                on_iteration=None) -> FrameResult:
+        """Optimise one frame: ``content``/``init`` ``(1, 3, H, W)`` in [0, 1]; coarse-to-fine when the
+        config has ``octaves > 1`` (``iterations`` at every level)."""
+        kwargs = dict(optimizer=self.cfg.optimizer, learning_rate=self.cfg.learning_rate,
+                      tol_loss_relative=self.cfg.tol_loss_relative, evaluate_result=evaluate_result,
+                      on_iteration=on_iteration)
+        if self.cfg.octaves > 1:
+            return stylise_coarse_to_fine(self.encoder, content, init, self.targets, self.loss_weights,
+                                          temporal, iterations=iterations, octaves=self.cfg.octaves,
+                                          **kwargs)
         objective = FrameObjective(self.encoder, content, self.targets, self.loss_weights, temporal)
-        return stylise_frame(objective, init, iterations=iterations, optimizer=self.cfg.optimizer,
-                             learning_rate=self.cfg.learning_rate,
-                             tol_loss_relative=self.cfg.tol_loss_relative)
+        return stylise_frame(objective, init, iterations=iterations, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -165,7 +182,7 @@ def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
     check_memory((info.width, info.height), out_size)
     workdir = Path(opts.workdir) if opts.workdir else default_workdir(output)
     check_disk_space(workdir, working, estimated_frame_count(info))
-    stylizer = Stylizer(cfg, device=device, working_size=working)
+    stylizer = Stylizer(cfg, device=device, working_size=working, precision=opts.precision)
     run_opts = replace(opts, workdir=str(workdir.resolve()), restart=False)
     manifest = build_manifest(cfg, info, stylizer.weights.weights_id, working, output=output, opts=run_opts)
     work = WorkDir.open(workdir, manifest, restart=opts.restart)
@@ -340,16 +357,20 @@ def check_memory(source_size: tuple[int, int], out_size: tuple[int, int]) -> Non
                          f"use --output-size working or a smaller source")
 
 
-def _test_kill_point(point: str, index: int | None = None) -> None:
+def _test_kill_point(point: str, index: int | None = None, *,
+                     before_kill: Callable[[], None] | None = None) -> None:
     """TEST-ONLY fault injection: ``VIDEOSTYLE_TEST_KILL_AT=frame:N|journal:N|encode`` SIGKILLs this process.
 
-    ``frame:N`` dies once frame N is optimised, before any of it is written (as if killed mid-frame),
+    ``frame:N`` dies once frame N is optimised, before any of it is written (as if killed mid-frame;
+    ``before_kill`` lets the frames handed to the writer land first, so the test knows what is kept),
     ``journal:N`` right after frame N was journaled, ``encode`` in the middle of encoding (after two
     frames went to the encoder, so a partial output file exists). Never set it outside tests
     (tests/test_resume.py).
     """
     wanted = os.environ.get("VIDEOSTYLE_TEST_KILL_AT")
     if wanted and wanted == (point if index is None else f"{point}:{index}"):
+        if before_kill is not None:
+            before_kill()
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -366,14 +387,16 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
     lookback = max(cfg.flow_offsets) if cfg.needs_flow else 1
     # Decode from a little before the resume point: flows to earlier frames need their sources.
     first_decoded = max(0, start - lookback)
-    bar = progress(total=info.frame_count, initial=start) if progress else None
+    # MKV and WebM state no frame count: duration x rate still gives the bar an ETA.
+    bar = progress(total=estimated_frame_count(info), initial=start) if progress else None
     done = 0
-    pending: list[tuple[int, int, np.ndarray]] = []  # finished frames not yet journaled
+    pending: list[tuple[int, int, np.ndarray]] = []  # finished frames not yet handed to the writer
     previous: dict[int, torch.Tensor] = {}  # saved outputs of recent frames, as read back from disk
     for k in range(1, lookback + 1):
         if start - k >= 0:
             previous[start - k] = images.to_tensor(work.read_frame(start - k), device)
-    with FramePrefetcher(iter_frames(info, start=first_decoded)) as frames:
+    writer = FrameWriter(work, after_write=lambda index: _test_kill_point("journal", index))
+    with writer, FramePrefetcher(iter_frames(info, start=first_decoded)) as frames:
         records = _frame_records(frames, cfg, working)
         try:
             for index, pts, content_rgb, flows, masks in records:
@@ -383,12 +406,14 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
                 init, temporal = _init_and_temporal(cfg, index, content, previous, flows, masks,
                                                     frame_generator(cfg.seed, index))
                 iterations = cfg.iters_first if index == 0 else cfg.iters
-                result = stylizer.stylise(content, init, iterations=iterations, temporal=temporal)
-                _test_kill_point("frame", index)
+                result = stylizer.stylise(content, init, iterations=iterations, temporal=temporal,
+                                          evaluate_result=False)
+                _test_kill_point("frame", index, before_kill=writer.flush)
                 rgb = images.to_uint8(result.image)
                 pending.append((index, pts, rgb))
                 if len(pending) >= batch_size:
-                    _journal(work, pending)
+                    writer.submit(pending)
+                    pending = []
                 previous[index] = images.to_tensor(rgb, device)  # the 8-bit frame, as resume sees it
                 previous.pop(index - lookback, None)
                 done += 1
@@ -398,11 +423,12 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
                 if bar is not None:
                     bar.set_postfix_str(f"loss {result.losses['total']:.3g}")
                     bar.update(1)
-            _journal(work, pending)
+            writer.submit(pending)
+            writer.flush()
         except KeyboardInterrupt:
             # Ctrl-C / SIGTERM: the frame in progress is dropped; the finished frames of a partial batch
-            # are complete, so they are kept. A second interrupt here loses only unjournaled frames.
-            _journal(work, pending)
+            # are complete, so they are kept (the writer's context waits for them).
+            writer.submit(pending)
             raise
         finally:
             if hasattr(records, "close"):
@@ -412,16 +438,6 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
     if work.finished_count == 0:
         raise InputError(f"no frames could be decoded from {str(info.path)!r}")
     return done
-
-
-def _journal(work: WorkDir, pending: list) -> None:
-    """Write and journal the pending frames in order, taking each off the list once it is journaled
-    (so a call interrupted half-way can be repeated)."""
-    while pending:
-        index, pts, rgb = pending[0]
-        work.write_frame(index, pts, rgb)
-        pending.pop(0)
-        _test_kill_point("journal", index)
 
 
 def frame_generator(seed: int, index: int) -> torch.Generator:
@@ -483,7 +499,7 @@ def stylize_image(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
                           f"use .png or .jpg")
     rgb = images.load_image(source)
     working = images.working_size(rgb.shape[1], rgb.shape[0], cfg.size)
-    stylizer = Stylizer(cfg, device=pick_device(opts.device), working_size=working)
+    stylizer = Stylizer(cfg, device=pick_device(opts.device), working_size=working, precision=opts.precision)
     content = images.to_tensor(images.resize_rgb(rgb, working), stylizer.device)
     init = initial_image(cfg.init_first, content=content, generator=frame_generator(cfg.seed, 0))
     result = stylizer.stylise(content, init, iterations=cfg.iters_first)
