@@ -1,16 +1,19 @@
 """Speed benchmark: prints a table, every ratio measured side by side in this one run.
 
     python scripts/bench.py [--size 256] [--clip ../shared/data/videos/realshort.mp4] [--device auto]
+                            [--quality draft] [--precisions fp32,bf16] [--check-size 1920]
 
-(1) seconds per optimiser iteration of the pipeline's objective (content + style + temporal) vs. a
-    bare VGG-19 forward+backward to relu5_1 at the same size: the overhead ratio;
-(2) iterations (full-size equivalents: a coarse octave iteration counts 1/4) and seconds to reach a
+(1) seconds per optimiser iteration of the pipeline (content + style + temporal, L-BFGS, timed over a
+    whole --ref-iters frame, so the optimiser's own work is counted) vs. a bare VGG-19 forward+backward
+    to relu5_1 at the same size: the overhead ratio; one row per --precisions entry;
+(2) iterations (full-size equivalents: an iteration at 1/2 size counts 1/4) and seconds to reach a
     loss threshold on one real frame, from scratch (content init), warm start (previous stylised frame
-    warped by DIS flow), and warm start + coarse-to-fine; the threshold is what from-scratch reaches
-    after --ref-iters iterations;
-(3) end-to-end frames per second of `videostyle stylize` on the first --frames frames of a real clip,
-    decode, flow, journal and encode included;
-(4) peak memory (process max RSS on CPU; max allocated on CUDA).
+    warped by DIS flow), and warm start + coarse-to-fine (2 and 3 octaves); the threshold is what from
+    scratch reaches after --ref-iters iterations;
+(3) end-to-end frames per second of `videostyle stylize` at --quality (its iterations and octaves, at
+    --size) on the first --frames frames of a real clip, decode, flow, journal and encode included;
+(4) peak memory (process max RSS on CPU; max allocated on CUDA), and with --check-size N whether one
+    iteration at N px (e.g. 1920 for 1920x1080) fits, with its peak memory.
 Untrained seeded weights by default (no weights can be downloaded here): timings do not depend on
 the weights' values, but the iteration counts are only indicative of ImageNet behaviour.
 """
@@ -32,11 +35,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from videostyle import images  # noqa: E402
-from videostyle.config import RunOptions, StyleConfig  # noqa: E402
+from videostyle.config import QUALITY_PRESETS, RunOptions, StyleConfig  # noqa: E402
 from videostyle.features import VGGEncoder, resolve_weights  # noqa: E402
 from videostyle.flow import FlowEstimator, reliability_mask  # noqa: E402
 from videostyle.optimise import (FrameObjective, LossWeights, TemporalTerm,  # noqa: E402
-                                 compute_style_targets, stylise_coarse_to_fine, stylise_frame)
+                                 compute_style_targets, octave_sizes, stylise_coarse_to_fine,
+                                 stylise_frame)
 from videostyle.pipeline import pick_device, stylize_video  # noqa: E402
 from videostyle.temporal import initial_image, mask_tensor, warp_previous  # noqa: E402
 
@@ -72,6 +76,26 @@ def trim_clip(src: Path, dst: Path, n_frames: int) -> None:
         out.mux(vout.encode())
 
 
+def check_size(long_edge: int, rgb, enc, targets, lw, device) -> tuple[str, str]:
+    """Whether one pipeline iteration at ``long_edge`` px (the clip's frame, upscaled) fits in memory."""
+    size = images.working_size(rgb.shape[1], rgb.shape[0], long_edge)
+    content = images.to_tensor(images.resize_rgb(rgb, size), device)
+    temporal = [TemporalTerm(content, torch.ones_like(content[:, :1]), 50.0)]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        t = time.perf_counter()
+        stylise_frame(FrameObjective(enc, content, targets, lw, temporal), content, iterations=2,
+                      evaluate_result=False)
+        sync(device)
+        seconds = (time.perf_counter() - t) / 2
+    except torch.OutOfMemoryError:
+        return f"(4) one iteration at {size[0]}x{size[1]}", "out of memory"
+    peak = (f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB CUDA" if device.type == "cuda" else
+            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB RSS")
+    return f"(4) one iteration at {size[0]}x{size[1]}", f"fits: {seconds * 1000:.0f} ms, peak {peak}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=256)
@@ -82,8 +106,18 @@ def main() -> None:
     ap.add_argument("--ref-iters", type=int, default=100)
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--overhead-iters", type=int, default=30,
+                    help="iterations per timed frame in (1) (default 30)")
+    ap.add_argument("--quality", choices=QUALITY_PRESETS, default="draft",
+                    help="preset whose iterations and octaves (3) uses, at --size (default draft)")
+    ap.add_argument("--precisions", default=None,
+                    help="precisions for (1), comma-separated (default fp32 on CPU, fp32,bf16 on CUDA)")
+    ap.add_argument("--check-size", type=int, default=0,
+                    help="also check that one iteration at this long edge fits in memory (e.g. 1920)")
     args = ap.parse_args()
     device = pick_device(args.device)
+    if args.precisions is None:
+        args.precisions = "fp32,bf16" if device.type == "cuda" else "fp32"
     rows: list[tuple[str, str]] = []
 
     frames = read_frames(Path(args.clip), 2)
@@ -111,79 +145,89 @@ def main() -> None:
     objective = FrameObjective(enc, contents[1], targets, lw, temporal)
 
     # (1) overhead ratio, alternating the two measurements so machine load hits both alike.
-    bare = VGGEncoder(["relu5_1"], weights).to(device)
-    n_it = 10
+    n_it = args.overhead_iters
+    for precision in args.precisions.split(","):
+        bare = VGGEncoder(["relu5_1"], weights, precision=precision).to(device)
+        enc_p = VGGEncoder(["relu4_2", *STYLE_LAYERS], weights, precision=precision).to(device)
+        objective_p = FrameObjective(enc_p, contents[1], targets, lw, temporal)
 
-    def bare_run():
-        for _ in range(n_it):
-            x = contents[1].clone().requires_grad_(True)
-            bare(x)["relu5_1"].sum().backward()
+        def bare_run():
+            for _ in range(n_it):
+                x = contents[1].clone().requires_grad_(True)
+                bare(x)["relu5_1"].sum().backward()
 
-    def pipeline_run():
-        stylise_frame(objective, contents[1], iterations=n_it)
+        def pipeline_run():
+            # As the video loop runs a frame: one L-BFGS step per iteration, no final evaluation.
+            stylise_frame(objective_p, contents[1], iterations=n_it, evaluate_result=False)
 
-    t_bare, t_pipe = [], []
-    for _ in range(args.reps):
-        for fn, acc in ((bare_run, t_bare), (pipeline_run, t_pipe)):
-            sync(device)
-            t = time.perf_counter()
-            fn()
-            sync(device)
-            acc.append((time.perf_counter() - t) / n_it)
-    tb, tp = statistics.median(t_bare), statistics.median(t_pipe)
-    rows += [(f"bare VGG-19 fwd+bwd to relu5_1, {size[0]}x{size[1]}", f"{tb * 1000:.1f} ms"),
-             (f"pipeline iteration (L-BFGS, content+style+temporal)", f"{tp * 1000:.1f} ms"),
-             ("(1) overhead ratio", f"{tp / tb:.3f}")]
+        t_bare, t_pipe = [], []
+        for _ in range(args.reps):
+            for fn, acc in ((bare_run, t_bare), (pipeline_run, t_pipe)):
+                sync(device)
+                t = time.perf_counter()
+                fn()
+                sync(device)
+                acc.append((time.perf_counter() - t) / n_it)
+        tb, tp = statistics.median(t_bare), statistics.median(t_pipe)
+        rows += [(f"bare VGG-19 fwd+bwd to relu5_1, {size[0]}x{size[1]}, {precision}", f"{tb * 1000:.1f} ms"),
+                 (f"pipeline iteration (L-BFGS, content+style+temporal), {precision}", f"{tp * 1000:.1f} ms"),
+                 (f"(1) overhead ratio, {precision}", f"{tp / tb:.3f}")]
 
     # (2) iterations to the threshold.
+    t = time.perf_counter()
     ref = stylise_frame(objective, contents[1], iterations=args.ref_iters)
+    t_ref = time.perf_counter() - t
     threshold = min(ref.history)
 
-    def first_below(history, cost_of):
+    def first_below(history, levels: int) -> float:
+        """Full-size-equivalent iterations until the loss is below the threshold (levels coarsest
+        first, --ref-iters iterations each; an iteration at 1/2^k size costs 1/4^k)."""
         for i, loss in enumerate(history):
             if loss <= threshold:
-                return cost_of(i)
+                level, within = divmod(i, args.ref_iters)
+                done = sum(args.ref_iters / 4 ** (levels - 1 - k) for k in range(level))
+                return done + (within + 1) / 4 ** (levels - 1 - level)
         return float("inf")
 
-    t = time.perf_counter()
     warm_init = initial_image("prev-warped", content=contents[1], previous=prev, warped_previous=warped,
                               mask=mask)
-    warm = stylise_frame(objective, warm_init, iterations=args.ref_iters)
-    t_warm = time.perf_counter() - t
-    coarse_iters = args.ref_iters
     t = time.perf_counter()
-    c2f = stylise_coarse_to_fine(enc, contents[1], warm_init, targets, lw, temporal,
-                                 iterations=args.ref_iters, coarse_iterations=coarse_iters, octaves=2)
-    t_c2f = time.perf_counter() - t
-    scratch_it = first_below(ref.history, lambda i: i + 1)
-    warm_it = first_below(warm.history, lambda i: i + 1)
-    c2f_it = first_below(c2f.history, lambda i: (i + 1) / 4 if i < coarse_iters
-                         else coarse_iters / 4 + (i + 1 - coarse_iters))
+    warm = stylise_frame(objective, warm_init, iterations=args.ref_iters)
+    timings = {"warm": (time.perf_counter() - t, 1, warm.history)}
+    for octaves in (2, 3):
+        t = time.perf_counter()
+        c2f = stylise_coarse_to_fine(enc, contents[1], warm_init, targets, lw, temporal,
+                                     iterations=args.ref_iters, octaves=octaves)
+        levels = len(octave_sizes(*contents[1].shape[-2:], octaves))
+        timings[f"warm + c2f {octaves} octaves ({levels} levels)"] = (time.perf_counter() - t, levels, c2f.history)
+    scratch_it = first_below(ref.history, 1)
     rows += [(f"(2) loss threshold (from scratch after {args.ref_iters} it)", f"{threshold:.4g}"),
-             ("    from scratch: iterations", f"{scratch_it}"),
-             ("    warm start: iterations", f"{warm_it}"),
-             ("    warm + coarse-to-fine (2 octaves): full-size-equivalent iterations", f"{c2f_it:g}"),
-             ("    warm start vs scratch", f"{warm_it / scratch_it:.2f}x"),
-             ("    warm + c2f vs scratch", f"{c2f_it / scratch_it:.2f}x"),
-             (f"    seconds for {args.ref_iters} it: scratch / warm / warm+c2f",
-              f"{tp * args.ref_iters:.1f} / {t_warm:.1f} / {t_c2f:.1f}")]
+             ("    from scratch: iterations to threshold", f"{scratch_it:g}; {t_ref:.1f} s for {args.ref_iters} it")]
+    for name, (seconds, levels, history) in timings.items():
+        its = first_below(history, levels)
+        rows.append((f"    {name}: iterations to threshold, vs scratch",
+                     f"{its:g} ({its / scratch_it:.2f}x); {seconds:.1f} s for {args.ref_iters} it per level"))
 
     # (3) end to end on a real clip.
+    preset = QUALITY_PRESETS[args.quality]
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip.mp4"
         trim_clip(Path(args.clip), clip, args.frames)
-        cfg = StyleConfig(styles=(args.style,), size=args.size, iters_first=args.ref_iters,
-                          iters=args.ref_iters // 2, weights=args.weights)
+        cfg = StyleConfig(styles=(args.style,), size=args.size, iters_first=preset["iters_first"],
+                          iters=preset["iters"], octaves=preset["octaves"], weights=args.weights)
         t = time.perf_counter()
         summary = stylize_video(clip, Path(tmp) / "out.mp4", cfg, RunOptions(device=args.device, quiet=True))
         total = time.perf_counter() - t
-    rows += [(f"(3) end to end, {summary.frames} frames, iters {cfg.iters_first},{cfg.iters}",
+    rows += [(f"(3) end to end, {summary.frames} frames, --quality {args.quality} at {args.size} px "
+              f"(iters {cfg.iters_first},{cfg.iters}, octaves {cfg.octaves})",
               f"{summary.frames / total:.3f} frames/s ({total / summary.frames:.2f} s/frame)")]
 
     # (4) peak memory.
     if device.type == "cuda":
         rows.append(("(4) peak CUDA memory allocated", f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"))
     rows.append(("(4) peak process RSS", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"))
+    if args.check_size:
+        rows.append(check_size(args.check_size, frames[1], enc, targets, lw, device))
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU, {torch.get_num_threads()} threads"

@@ -23,8 +23,8 @@ class FrameWriter:
     """``submit`` batches of frames; a thread writes and journals them in submission order.
 
     ``after_write(index)`` runs on the thread once frame ``index`` is journaled (the test kill hook).
-    An error on the thread (disk full) is raised by the next :meth:`submit` or :meth:`flush`; frames
-    after the failing one are not written. Use as a context manager: leaving it waits for every
+    An error on the thread (disk full) is raised by every later :meth:`submit` and :meth:`flush`; no
+    frame after the failing one is written (the journal must stay a prefix). Use as a context manager: leaving it waits for every
     submitted frame (also on Ctrl-C, so finished frames are kept).
     """
 
@@ -56,8 +56,7 @@ class FrameWriter:
 
     def _raise_error(self) -> None:
         if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+            raise self._error
 
     def submit(self, batch: list[Frame]) -> None:
         """Queue ``batch`` (written in order after earlier batches); blocks while the queue is full."""
