@@ -1,14 +1,17 @@
 """Temporal coherence benchmark: flicker (temporal warping error E) and style loss per variant.
 
-    python scripts/bench_temporal.py [--size 256] [--iters 30] [--frames 6] [--weights untrained]
-                                     [--temporal-weights 50] [--clips known,real] [--jobs N] [--threads N]
+    python scripts/bench_temporal.py [--size 256] [--iters 30 | --iters FIRST,LATER] [--octaves 1]
+                                     [--frames 6] [--weights untrained] [--temporal-weights 50]
+                                     [--variants a,b,c] [--clips known,real] [--jobs N] [--threads N]
                                      [--json out.json]
 
 Two clips:
   known  KNOWN motion made here: a real photo (--photo) under a smooth camera path (pan, zoom and a
          small rotation, cv2.warpAffine of the photo), so the true flow t -> t-1 of every pixel is exact;
   real   the first --frames frames of a real clip (--clip, default realshort.mp4: handheld).
-Each is stylised by the real pipeline (`stylize_video`), at equal L-BFGS iterations for every frame, as
+Each is stylised by the real pipeline (`stylize_video`), at the same L-BFGS iterations in every variant
+(--iters for every frame, or FIRST,LATER; --octaves coarse-to-fine levels, 1 by default as measured
+before the speed work), as
     (a) independent frames      --init content     --temporal-weight 0
     (b) warm start only         --init prev-warped --temporal-weight 0
     (c) warm start + temporal   --init prev-warped --temporal-weight W   (for each W in --temporal-weights)
@@ -178,6 +181,8 @@ def run_clip(kind: str, args: argparse.Namespace) -> tuple[list[dict], str]:
                 "(b) warm start": dict(init="prev-warped", temporal_weight=0.0)}
     for w in args.temporal_weights.split(","):
         variants[f"(c) warm+temporal {float(w):g}"] = dict(init="prev-warped", temporal_weight=float(w))
+    wanted = args.variants.split(",")
+    variants = {name: extra for name, extra in variants.items() if name[1] in wanted}
     working = images.working_size(4, 3, args.size)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,8 +224,8 @@ def run_clip(kind: str, args: argparse.Namespace) -> tuple[list[dict], str]:
             return row
 
         for name, extra in variants.items():
-            cfg = StyleConfig(styles=(args.style,), size=args.size, iters_first=args.iters, iters=args.iters,
-                              weights=args.weights, **extra)
+            cfg = StyleConfig(styles=(args.style,), size=args.size, iters_first=args.iters[0],
+                              iters=args.iters[1], octaves=args.octaves, weights=args.weights, **extra)
             out, work = tmp / "out.mp4", tmp / "work"
             shutil.rmtree(work, ignore_errors=True)
             t = time.perf_counter()
@@ -233,7 +238,7 @@ def run_clip(kind: str, args: argparse.Namespace) -> tuple[list[dict], str]:
             photo_png, styled_png = tmp / "photo.png", tmp / "photo_styled.png"
             images.save_image(known.photo, photo_png)
             long_edge = max(known.photo.shape[:2])
-            cfg = StyleConfig(styles=(args.style,), size=long_edge, iters_first=args.iters,
+            cfg = StyleConfig(styles=(args.style,), size=long_edge, iters_first=args.iters[0], octaves=args.octaves,
                               style_scale=max(working) / long_edge, weights=args.weights)
             t = time.perf_counter()
             stylize_image(photo_png, styled_png, cfg)
@@ -244,10 +249,18 @@ def run_clip(kind: str, args: argparse.Namespace) -> tuple[list[dict], str]:
     return rows, note
 
 
+def _iters(text: str) -> tuple[int, int]:
+    parts = [int(p) for p in text.split(",")]
+    return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=256, help="working long edge, px (default 256)")
-    ap.add_argument("--iters", type=int, default=30, help="L-BFGS iterations for every frame (default 30)")
+    ap.add_argument("--iters", type=_iters, default=(30, 30),
+                    help="L-BFGS iterations for every frame, or FIRST,LATER (default 30)")
+    ap.add_argument("--octaves", type=int, default=1, help="coarse-to-fine levels (default 1)")
+    ap.add_argument("--variants", default="a,b,c", help="which of a, b, c to run (default a,b,c)")
     ap.add_argument("--frames", type=int, default=6, help="frames per clip (default 6)")
     ap.add_argument("--weights", default="untrained", help="VGG-19 weights (default untrained)")
     default_weight = f"{StyleConfig.__dataclass_fields__['temporal_weight'].default:g}"
@@ -282,7 +295,8 @@ def main() -> None:
 
     cpu = platform.processor() or platform.machine()
     print(f"bench_temporal: {' '.join(sys.argv[1:]) or '(defaults)'}")
-    print(f"size {args.size}, {args.iters} L-BFGS iterations for every frame, {args.frames} frames, weights "
+    print(f"size {args.size}, L-BFGS iterations {args.iters[0]} (first frame), {args.iters[1]} (later), "
+          f"octaves {args.octaves}, {args.frames} frames, weights "
           f"{args.weights}, style {Path(args.style).name}; torch {torch.__version__}, {cpus} CPUs ({cpu}), "
           f"{jobs} process(es) x {args.threads} thread(s), no GPU used; {time.perf_counter() - started:.0f} s")
     for note in notes:
