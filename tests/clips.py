@@ -77,6 +77,7 @@ def make_clip(
     audio_start_s: Fraction | float | None = None,
     audio_extra_s: float = 0.0,
     faststart: bool = False,
+    gop: int | None = None,
 ) -> Path:
     """Write a tiny H.264 clip with PyAV; the container comes from the extension.
 
@@ -96,6 +97,8 @@ def make_clip(
         audio_start_s: time of the first audio sample; defaults to ``start_s``.
         audio_extra_s: audio runs this much past the end of the last video frame.
         faststart: MP4/MOV index (moov) before the data, so a cut-off copy still opens.
+        gop: a keyframe every ``gop`` frames, with B-frames (reordered decode), for seeking tests;
+            default: one keyframe, no B-frames.
     Returns:
         ``Path(path)``.
     """
@@ -124,6 +127,8 @@ def make_clip(
         vstream.time_base = time_base
         vstream.codec_context.time_base = time_base
         vstream.options = {"preset": "ultrafast", "crf": "10"}
+        if gop:
+            vstream.options["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=2"
         if rotation:
             vstream.set_display_rotation(rotation)
 

@@ -1,7 +1,7 @@
 """Interrupted runs: SIGKILL at several points, SIGTERM, `resume`, batches, damaged and foreign work dirs.
 
 The invariant: a run that was killed and re-run (or resumed) ends with frame PNGs byte-for-byte equal to
-an uninterrupted run's, and an output whose decoded frames equal the uninterrupted output's.
+an uninterrupted run's, and an output that shows the same frames at the same pts (_assert_same_video).
 
 The runs use a shallow VGG (content relu2_1, style relu1_1,relu2_1: the encoder is truncated there) and
 long-term flow offsets 1,2, so the resume has to restore two saved frames; each run takes a few seconds.
@@ -68,9 +68,24 @@ def _prefix(reference: dict[str, bytes], n: int) -> dict[str, bytes]:
     return dict(list(reference.items())[:n])
 
 
-def _decoded(video: Path) -> list[np.ndarray]:
+def _decoded(video: Path) -> list[tuple[int, np.ndarray]]:
     with av.open(str(video)) as container:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        return [(f.pts, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+
+
+def _assert_same_video(video: Path, reference: list[tuple[int, np.ndarray]]) -> None:
+    """``video`` shows the same frames at the same pts as the uninterrupted run's ``reference``.
+
+    Not byte equality: x264 here does not always encode the same frames to the same bytes within one
+    process (measured: ~1 run in 3 differs by a few levels; the cause was not found), so each decoded
+    frame must be nearest to the reference frame of its own index, and close to it.
+    """
+    decoded = _decoded(video)
+    assert [pts for pts, _ in decoded] == [pts for pts, _ in reference]
+    refs = [rgb.astype(np.float32) for _, rgb in reference]
+    for i, (_, rgb) in enumerate(decoded):
+        errors = [float(np.abs(rgb.astype(np.float32) - ref).mean()) for ref in refs]
+        assert int(np.argmin(errors)) == i and errors[i] < 4.0, (i, errors)
 
 
 def test_killed_at_every_point_resumes_to_the_same_frames_and_output(job, tmp_path, monkeypatch):
@@ -97,7 +112,7 @@ def test_killed_at_every_point_resumes_to_the_same_frames_and_output(job, tmp_pa
     monkeypatch.chdir(tmp_path)  # elsewhere: nothing but the work dir's path is given
     assert main(["resume", str(work), "-q"]) == 0
     assert _frames(work) == reference
-    assert all(np.array_equal(a, b) for a, b in zip(_decoded(root / "k.mp4"), ref_video, strict=True))
+    _assert_same_video(root / "k.mp4", ref_video)
     assert list(root.glob(".k.*.partial.mp4")) == []
 
 
@@ -195,7 +210,7 @@ def test_finished_work_dir_only_reencodes_and_other_versions_are_warned_about(jo
     assert main(_args(root, clip, style, "e")) == 0
     assert capsys.readouterr().err == ""
     assert {p.name: p.stat().st_mtime_ns for p in (work / "frames").iterdir()} == stamps  # not rewritten
-    assert all(np.array_equal(a, b) for a, b in zip(_decoded(root / "e.mp4"), ref_video, strict=True))
+    _assert_same_video(root / "e.mp4", ref_video)
 
     (work / "frames" / "000005.png").write_bytes(b"")
     assert main(_args(root, clip, style, "e")) == 0

@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--keep-workdir", action="store_true", help="keep the stylised frames after encoding")
     e.add_argument("--batch-size", type=int, default=1,
                    help="frames journaled together (default 1); a finished batch is never redone")
+    _add_ray_options(s)
 
     r = sub.add_parser("resume", parents=[common], help="resume an interrupted run from its work dir")
     r.add_argument("workdir", help="the work dir of the interrupted run")
@@ -148,6 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_webcam_parser(sub, common)
     return parser
+
+
+def _add_ray_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("many machines (Ray, needs videostyle[ray])")
+    g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="stylise segments of the video as Ray tasks; without ADDRESS on a Ray instance "
+                        "started here (or RAY_ADDRESS), else on the cluster at ADDRESS (e.g. auto)")
+    g.add_argument("--segment-frames", type=int, default=300, help="frames per segment (default 300)")
+    g.add_argument("--segment-overlap", type=int, default=10,
+                   help="run-in frames cross-faded with the previous segment (default 10)")
+    g.add_argument("--ray-cpus", type=int, default=1, help="CPUs per segment task on CPU workers (default 1)")
 
 
 def _size_wh(text: str) -> tuple[int, int]:
@@ -267,7 +279,9 @@ def _run(args: argparse.Namespace) -> int:
     output = args.output or _default_output(args.input, cfg.styles, ".mp4")
     opts = RunOptions(device=args.device, crf=args.crf, preset=args.preset, output_size=args.output_size,
                       workdir=args.workdir, quiet=args.quiet, verbose=args.verbose, restart=args.restart,
-                      keep_workdir=args.keep_workdir, batch_size=args.batch_size, precision=args.precision)
+                      keep_workdir=args.keep_workdir, batch_size=args.batch_size, precision=args.precision,
+                      ray=args.ray, segment_frames=args.segment_frames, segment_overlap=args.segment_overlap,
+                      ray_cpus=args.ray_cpus)
     args.workdir_shown = args.workdir or str(pipeline.default_workdir(Path(output)))
     summary = pipeline.stylize_video(args.input, output, cfg, opts, progress=_progress_factory(args.quiet))
     _report(summary, args.quiet)
@@ -279,6 +293,9 @@ def _report(summary, quiet: bool) -> None:
         resumed = f", resumed after {summary.resumed_from}" if summary.resumed_from else ""
         print(f"wrote {summary.output}: {summary.frames} frames{resumed}, "
               f"{summary.seconds_per_frame:.2f} s/frame, weights {summary.weights_id}")
+        seams = getattr(summary, "seams", None)  # a --ray run: the seam metric (videostyle.distributed)
+        if seams is not None:
+            print(seams.describe())
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -145,6 +145,15 @@ class RunOptions:
     keep_workdir: bool = False
     batch_size: int = 1           # frames journaled together; a finished batch is never redone
     precision: str = "fp32"       # VGG convolutions in fp32, bf16 or fp16 (autocast; losses stay fp32)
+    # Many workers (videostyle.distributed): None = one process; "local" = a Ray instance started here
+    # (or RAY_ADDRESS), else a Ray address. Segments of segment_frames, each with segment_overlap frames
+    # of run-in cross-faded with the previous segment; ray_cpus per segment task on CPU workers. The
+    # segment sizes do change frames near seams: segment work dirs are named by their frame range, so a
+    # rerun with other sizes never reuses a segment that would differ.
+    ray: str | None = None
+    segment_frames: int = 300
+    segment_overlap: int = 10
+    ray_cpus: int = 1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

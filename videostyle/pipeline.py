@@ -167,6 +167,9 @@ def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
         progress: optional ``tqdm``-like factory called as ``progress(total=..., initial=...)``; the
             returned object gets ``update(1)``, ``set_postfix_str(str)`` and ``close()``.
     """
+    if opts.ray is not None:  # many workers: segments of the video as Ray tasks (videostyle.distributed)
+        from .distributed import stylize_video_ray
+        return stylize_video_ray(source, output, cfg, opts, progress=progress)
     output = Path(output)
     cfg = _with_absolute_paths(cfg)  # the manifest must work from any directory (`videostyle resume`)
     info = probe_video(source)
@@ -375,37 +378,44 @@ def _test_kill_point(point: str, index: int | None = None, *,
 
 
 def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working: tuple[int, int], *,
-                    progress: ProgressFactory | None, verbose: bool, batch_size: int = 1) -> int:
+                    progress: ProgressFactory | None, verbose: bool, batch_size: int = 1,
+                    first: int = 0, stop: int | None = None, seek: tuple[int, int] | None = None) -> int:
     """Optimise and journal every frame not yet finished; returns how many were done in this call.
 
     Frames are journaled ``batch_size`` at a time (and at the end): an interruption loses at most the
-    unjournaled part of one batch.
+    unjournaled part of one batch. ``first``/``stop``: the chain covers source frames ``first ..
+    stop-1`` (``stop=None``: to the end); frame ``first`` starts it afresh (``init_first``,
+    ``iters_first``). ``work`` indexes frames by source index: its ``finished_count`` is the next
+    frame to make (a Ray segment passes a view of its own work dir, see :mod:`videostyle.distributed`).
+    ``seek``: a keyframe ``(index, pts)`` at or before ``first`` to start decoding at (``iter_frames``).
     """
     cfg = stylizer.cfg
     device = stylizer.device
-    start = work.finished_count
+    start = max(first, work.finished_count)
     lookback = max(cfg.flow_offsets) if cfg.needs_flow else 1
     # Decode from a little before the resume point: flows to earlier frames need their sources.
-    first_decoded = max(0, start - lookback)
+    first_decoded = max(first, start - lookback)
     # MKV and WebM state no frame count: duration x rate still gives the bar an ETA.
     bar = progress(total=estimated_frame_count(info), initial=start) if progress else None
     done = 0
     pending: list[tuple[int, int, np.ndarray]] = []  # finished frames not yet handed to the writer
     previous: dict[int, torch.Tensor] = {}  # saved outputs of recent frames, as read back from disk
     for k in range(1, lookback + 1):
-        if start - k >= 0:
+        if start - k >= first:
             previous[start - k] = images.to_tensor(work.read_frame(start - k), device)
     writer = FrameWriter(work, after_write=lambda index: _test_kill_point("journal", index))
-    with writer, FramePrefetcher(iter_frames(info, start=first_decoded)) as frames:
+    with writer, FramePrefetcher(iter_frames(info, start=first_decoded, seek=seek)) as frames:
         records = _frame_records(frames, cfg, working)
         try:
             for index, pts, content_rgb, flows, masks in records:
                 if index < start:
                     continue
+                if stop is not None and index >= stop:
+                    break
                 content = images.to_tensor(content_rgb, device)
                 init, temporal = _init_and_temporal(cfg, index, content, previous, flows, masks,
                                                     frame_generator(cfg.seed, index))
-                iterations = cfg.iters_first if index == 0 else cfg.iters
+                iterations = cfg.iters_first if index == first else cfg.iters
                 result = stylizer.stylise(content, init, iterations=iterations, temporal=temporal,
                                           evaluate_result=False)
                 _test_kill_point("frame", index, before_kill=writer.flush)
