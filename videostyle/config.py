@@ -41,6 +41,14 @@ class StyleConfig:
             iteration (0 disables), as artistic-videos' ``-tol_loss_relative``.
         weights: ``auto|imagenet|untrained|PATH`` (see :mod:`videostyle.features`).
         seed: seeds noise init; the untrained weights have their own fixed seed.
+        preserve_colors: luminance-only transfer, the output keeps the content's chroma
+            (:mod:`videostyle.colour`).
+        mask / mask_feather: stylise only where the mask image or video is white, feathered by a
+            Gaussian of this sigma in working-size px (:mod:`videostyle.masks`).
+        passes / pass_blend / pass_iters: multi-pass video (:mod:`videostyle.passes`): passes after the
+            first alternate backward and forward, each frame starting from its previous-pass result
+            blended with the warped neighbour (weight ``pass_blend``), ``pass_iters`` iterations
+            (None: ``iters``).
     """
 
     styles: tuple[str, ...]
@@ -65,6 +73,12 @@ class StyleConfig:
     tol_loss_relative: float = 0.0
     weights: str = "auto"
     seed: int = 0
+    preserve_colors: bool = False
+    mask: str | None = None
+    mask_feather: float = 3.0
+    passes: int = 1
+    pass_blend: float = 1.0
+    pass_iters: int | None = None
 
     def __post_init__(self):
         if not self.styles:
@@ -83,6 +97,14 @@ class StyleConfig:
         _check_choice("init", self.init, INITS)
         if not self.flow_offsets or any(k < 1 for k in self.flow_offsets):
             raise ValueError(f"flow offsets must be positive integers, got {self.flow_offsets}")
+        if self.mask_feather < 0:
+            raise ValueError(f"--mask-feather must be >= 0 px, got {self.mask_feather}")
+        if self.passes < 1:
+            raise ValueError(f"--passes must be at least 1, got {self.passes}")
+        if self.pass_blend < 0:
+            raise ValueError(f"--pass-blend must be >= 0, got {self.pass_blend}")
+        if self.pass_iters is not None and self.pass_iters < 0:
+            raise ValueError(f"--pass-iters must be >= 0, got {self.pass_iters}")
 
     @property
     def blend_weights(self) -> tuple[float, ...]:
@@ -129,6 +151,7 @@ class RunOptions:
     restart: bool = False
     keep_workdir: bool = False
     batch_size: int = 1           # frames journaled together; a finished batch is never redone
+    save_every: int = 0           # first frame's image every N iterations beside the output (0: off)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
