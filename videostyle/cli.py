@@ -21,6 +21,8 @@ from .config import (INITS, INITS_FIRST, OPTIMIZERS, POOLINGS, PRECISIONS, QUALI
 from .errors import VideoStyleError
 
 PROG = "videostyle"
+_SAVE_EVERY_HELP = ("write the first frame every N iterations beside the output as OUTPUT_STEM.iter_NNNN.png, "
+                    "for tuning (default 0: off)")
 
 
 def _int_pair(text: str) -> tuple[int, int]:
@@ -42,6 +44,13 @@ def _path_list(text: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (text or "").split(",") if p.strip())
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text!r}")
+    return value
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(","))
 
@@ -56,18 +65,22 @@ def _layer_weights(text: str) -> tuple[tuple[str, float], ...]:
 
 
 def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: str = "--size",
-                       device_flag: str = "--device", style_required: bool = True) -> None:
+                       device_flag: str = "--device", style_required: bool = True,
+                       quality_default: str = "default", size_default: int | None = None,
+                       weight_lists: bool = False) -> None:
     """``size_flag``/``device_flag`` rename --size/--device where a subcommand uses those names
-    itself (webcam: capture size and camera); the dests stay ``size`` and ``device``."""
+    itself (webcam: capture size and camera); the dests stay ``size`` and ``device``.
+    ``weight_lists``: --content-weight/--style-weight take comma-separated lists (``sheet``)."""
     g = p.add_argument_group("style")
     g.add_argument("--style", required=style_required, help="style image(s), comma-separated")
     g.add_argument("--style-weights", type=_float_list, default=(), help="blend weights, e.g. 0.7,0.3")
-    g.add_argument("--quality", choices=QUALITIES, default="default",
+    g.add_argument("--quality", choices=QUALITIES, default=quality_default,
                    help="preset of size, iterations and octaves: "
                         + "; ".join(f"{name}: {_describe_preset(name)}" for name in QUALITIES)
-                        + " (flags given explicitly override it)")
-    g.add_argument(size_flag, dest="size", type=int, default=None,
-                   help="long edge of the working resolution, px (default: from --quality)")
+                        + f" (default {quality_default}; flags given explicitly override it)")
+    g.add_argument(size_flag, dest="size", type=int, default=size_default,
+                   help="long edge of the working resolution, px (default: "
+                        + (f"{size_default})" if size_default else "from --quality)"))
     g.add_argument("--style-scale", type=float, default=1.0, help="style image size relative to --size")
     g.add_argument("--iters", type=_int_pair, default=None,
                    help="optimiser iterations: N, or FIRST,LATER for the first and later frames "
@@ -75,8 +88,14 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
     g.add_argument("--octaves", type=int, default=None,
                    help="coarse-to-fine levels: each frame is optimised at 1/2, 1/4, ... of the size first "
                         "(1: full size only; default: from --quality)")
-    g.add_argument("--content-weight", type=float, default=1.0)
-    g.add_argument("--style-weight", type=float, default=20.0)
+    if weight_lists:
+        g.add_argument("--content-weight", type=_float_list, default=(1.0,),
+                       help="one value or a list, one sheet column each, e.g. 1,2 (default 1)")
+        g.add_argument("--style-weight", type=_float_list, default=(20.0,),
+                       help="one value or a list, one sheet column each, e.g. 5,20,80 (default 20)")
+    else:
+        g.add_argument("--content-weight", type=float, default=1.0)
+        g.add_argument("--style-weight", type=float, default=20.0)
     g.add_argument("--tv-weight", type=float, default=0.0)
     g.add_argument("--content-layers", type=_layer_weights, default=None, help="e.g. relu4_2")
     g.add_argument("--style-layers", type=_layer_weights, default=None,
@@ -93,6 +112,21 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
     g.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="VGG's convolutions in fp32 (default), bf16 or fp16 (autocast, for GPUs with tensor "
                         "cores; the image and the losses stay fp32)")
+    a = p.add_argument_group("artistic controls")
+    a.add_argument("--preserve-colors", action="store_true",
+                   help="luminance-only transfer: keep the content's colours (Gatys et al. 2016)")
+    a.add_argument("--mask", help="stylise only where this greyscale image or video (frame t for frame t) "
+                                  "is white; keep the rest of the frame")
+    a.add_argument("--mask-feather", type=float, default=3.0,
+                   help="soft mask edges: Gaussian sigma in working-size px (default 3; 0: hard edges)")
+    if video:
+        a.add_argument("--passes", type=int, default=1,
+                       help="multi-pass: passes after the first alternate backward/forward, blending each "
+                            "frame with its warped neighbour, for less flicker (default 1)")
+        a.add_argument("--pass-blend", type=float, default=1.0,
+                       help="weight of the warped neighbour in a later pass's init (default 1)")
+        a.add_argument("--pass-iters", type=int, default=None,
+                       help="iterations per frame in passes after the first (default: the later-frame --iters)")
     if video:
         t = p.add_argument_group("temporal coherence")
         t.add_argument("--init", choices=INITS, default="prev-warped", help="init of later frames")
@@ -128,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--keep-workdir", action="store_true", help="keep the stylised frames after encoding")
     e.add_argument("--batch-size", type=int, default=1,
                    help="frames journaled together (default 1); a finished batch is never redone")
+    e.add_argument("--save-every", type=_non_negative_int, default=0, metavar="N", help=_SAVE_EVERY_HELP)
     _add_ray_options(s)
 
     r = sub.add_parser("resume", parents=[common], help="resume an interrupted run from its work dir")
@@ -138,6 +173,25 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("input", help="image file")
     i.add_argument("-o", "--output", help="output image (.png/.jpg); default INPUT_STYLE.png")
     _add_style_options(i, video=False)
+    i.add_argument("--save-every", type=_non_negative_int, default=0, metavar="N", help=_SAVE_EVERY_HELP)
+
+    pv = sub.add_parser("preview", parents=[common], help="stylise one frame of a video quickly, to tune settings",
+                        description="Stylise the frame nearest --at alone (first-frame settings), print the "
+                                    "time it took and the `videostyle stylize` command with these settings.")
+    pv.add_argument("input", help="video file")
+    pv.add_argument("--at", type=float, default=None, help="time of the frame, s (default: the middle)")
+    pv.add_argument("-o", "--output", help="output image (.png/.jpg); default INPUT_preview.png")
+    _add_style_options(pv, video=False, quality_default="draft")
+
+    sh = sub.add_parser("sheet", parents=[common], help="contact sheet: one frame with each style and weights",
+                        description="Render the frame nearest --at with each style (rows) and each "
+                                    "(content weight, style weight) combination (columns) into one labelled "
+                                    "PNG grid; the first row holds the content frame and the column headers, "
+                                    "the first column the style images.")
+    sh.add_argument("input", help="video file")
+    sh.add_argument("--at", type=float, default=None, help="time of the frame, s (default: the middle)")
+    sh.add_argument("-o", "--output", required=True, help="output PNG")
+    _add_style_options(sh, video=False, quality_default="draft", size_default=256, weight_lists=True)
 
     v = sub.add_parser("evaluate", parents=[common], help="temporal warping error and losses of a stylised video")
     v.add_argument("stylised", help="stylised video, or a directory of PNG frames (e.g. a --keep-workdir work dir)")
@@ -223,19 +277,23 @@ def _style_config(args: argparse.Namespace, *, video: bool) -> StyleConfig:
         octaves=given.get("octaves", preset["octaves"]), optimizer=args.optimizer, learning_rate=args.lr,
         content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
         pooling=args.pooling, init_first=args.init_first, tol_loss_relative=args.tol,
-        weights=args.weights, seed=args.seed)
+        weights=args.weights, seed=args.seed, preserve_colors=args.preserve_colors, mask=args.mask,
+        mask_feather=args.mask_feather)
     if args.content_layers:
         kwargs["content_layers"] = args.content_layers
     if args.style_layers:
         kwargs["style_layers"] = args.style_layers
     if video:
         kwargs.update(init=args.init, temporal_weight=args.temporal_weight, flow=args.flow,
-                      flow_offsets=args.flow_indices)
+                      flow_offsets=args.flow_indices, passes=args.passes, pass_blend=args.pass_blend,
+                      pass_iters=args.pass_iters)
     else:
         kwargs.update(init="content", temporal_weight=0.0)
     for path in styles:
         if not Path(path).is_file():
             raise VideoStyleError(f"style image not found: {path!r}")
+    if args.mask and not Path(args.mask).is_file():
+        raise VideoStyleError(f"mask not found: {args.mask!r}")
     return StyleConfig(**kwargs)
 
 
@@ -262,12 +320,15 @@ def _run(args: argparse.Namespace) -> int:
         return _evaluate(args)
     if args.command == "webcam":
         return _webcam(args)
+    if args.command in ("preview", "sheet"):
+        return _preview_or_sheet(args)
     if args.command == "resume":
         summary = pipeline.resume_video(args.workdir, device=args.device,
                                         progress=_progress_factory(args.quiet))
         _report(summary, args.quiet)
         return 0
-    opts = RunOptions(device=args.device, quiet=args.quiet, verbose=args.verbose, precision=args.precision)
+    opts = RunOptions(device=args.device, quiet=args.quiet, verbose=args.verbose, precision=args.precision,
+                      save_every=args.save_every)
     if args.command == "image":
         cfg = _style_config(args, video=False)
         output = args.output or _default_output(args.input, cfg.styles, ".png")
@@ -280,8 +341,8 @@ def _run(args: argparse.Namespace) -> int:
     opts = RunOptions(device=args.device, crf=args.crf, preset=args.preset, output_size=args.output_size,
                       workdir=args.workdir, quiet=args.quiet, verbose=args.verbose, restart=args.restart,
                       keep_workdir=args.keep_workdir, batch_size=args.batch_size, precision=args.precision,
-                      ray=args.ray, segment_frames=args.segment_frames, segment_overlap=args.segment_overlap,
-                      ray_cpus=args.ray_cpus)
+                      save_every=args.save_every, ray=args.ray, segment_frames=args.segment_frames,
+                      segment_overlap=args.segment_overlap, ray_cpus=args.ray_cpus)
     args.workdir_shown = args.workdir or str(pipeline.default_workdir(Path(output)))
     summary = pipeline.stylize_video(args.input, output, cfg, opts, progress=_progress_factory(args.quiet))
     _report(summary, args.quiet)
@@ -296,6 +357,32 @@ def _report(summary, quiet: bool) -> None:
         seams = getattr(summary, "seams", None)  # a --ray run: the seam metric (videostyle.distributed)
         if seams is not None:
             print(seams.describe())
+
+
+def _preview_or_sheet(args: argparse.Namespace) -> int:
+    from . import preview
+
+    if args.command == "preview":
+        cfg = _style_config(args, video=False)
+        output = args.output or str(Path(args.input).with_name(f"{Path(args.input).stem}_preview.png"))
+        shot = preview.preview_frame(args.input, output, cfg, at=args.at, device=args.device)
+        if not args.quiet:
+            print(f"wrote {output}: frame at {shot.time_s:.3f} s stylised in {shot.seconds:.1f} s "
+                  f"({cfg.iters_first} iterations at {shot.size[0]}x{shot.size[1]} px)")
+            print("to stylise the video with these settings:")
+        print(preview.stylize_command(args.input, cfg))
+        return 0
+    from . import sheet
+
+    content_weights, style_weights = args.content_weight, args.style_weight
+    args.content_weight, args.style_weight = content_weights[0], style_weights[0]
+    cfg = _style_config(args, video=False)
+    result = sheet.contact_sheet(args.input, args.output, cfg, content_weights=content_weights,
+                                 style_weights=style_weights, at=args.at, device=args.device)
+    if not args.quiet:
+        print(f"wrote {args.output}: {result.rows} styles x {result.columns} weight settings, frame at "
+              f"{result.time_s:.3f} s, {result.seconds:.1f} s")
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -53,6 +53,14 @@ class StyleConfig:
             iteration (0 disables), as artistic-videos' ``-tol_loss_relative``.
         weights: ``auto|imagenet|untrained|PATH`` (see :mod:`videostyle.features`).
         seed: seeds noise init; the untrained weights have their own fixed seed.
+        preserve_colors: luminance-only transfer, the output keeps the content's chroma
+            (:mod:`videostyle.colour`).
+        mask / mask_feather: stylise only where the mask image or video is white, feathered by a
+            Gaussian of this sigma in working-size px (:mod:`videostyle.masks`).
+        passes / pass_blend / pass_iters: multi-pass video (:mod:`videostyle.passes`): passes after the
+            first alternate backward and forward, each frame starting from its previous-pass result
+            blended with the warped neighbour (weight ``pass_blend``), ``pass_iters`` iterations
+            (None: ``iters``).
     """
 
     styles: tuple[str, ...]
@@ -78,6 +86,12 @@ class StyleConfig:
     tol_loss_relative: float = 0.0
     weights: str = "auto"
     seed: int = 0
+    preserve_colors: bool = False
+    mask: str | None = None
+    mask_feather: float = 3.0
+    passes: int = 1
+    pass_blend: float = 1.0
+    pass_iters: int | None = None
 
     def __post_init__(self):
         if not self.styles:
@@ -98,6 +112,14 @@ class StyleConfig:
         _check_choice("init", self.init, INITS)
         if not self.flow_offsets or any(k < 1 for k in self.flow_offsets):
             raise ValueError(f"flow offsets must be positive integers, got {self.flow_offsets}")
+        if self.mask_feather < 0:
+            raise ValueError(f"--mask-feather must be >= 0 px, got {self.mask_feather}")
+        if self.passes < 1:
+            raise ValueError(f"--passes must be at least 1, got {self.passes}")
+        if self.pass_blend < 0:
+            raise ValueError(f"--pass-blend must be >= 0, got {self.pass_blend}")
+        if self.pass_iters is not None and self.pass_iters < 0:
+            raise ValueError(f"--pass-iters must be >= 0, got {self.pass_iters}")
 
     @property
     def blend_weights(self) -> tuple[float, ...]:
@@ -154,6 +176,7 @@ class RunOptions:
     segment_frames: int = 300
     segment_overlap: int = 10
     ray_cpus: int = 1
+    save_every: int = 0           # first frame's image every N iterations beside the output (0: off)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -44,12 +44,17 @@ def read_frames(path: str | os.PathLike) -> list[np.ndarray]:
     """All frames of a video, upright, as ``(H, W, 3)`` uint8 (held in memory).
 
     ``path`` may also be a directory of PNG frames in name order, or a work dir (``--keep-workdir``)
-    whose ``frames/`` holds them: the stylised frames exactly as the optimiser wrote them, without the
+    whose ``frames/`` holds them (or, after ``--passes N``, the last pass's ``passN/frames/`` in source
+    order): the stylised frames exactly as the optimiser wrote them, without the
     H.264 4:2:0 chroma subsampling that adds ~5e-4 to E on stylised textures (docs/TEMPORAL.md).
     """
     folder = Path(path)
     if folder.is_dir():
         if (folder / "frames").is_dir():
+            from .passes import last_pass_frames
+            later = last_pass_frames(folder)  # a multi-pass run: its last pass is the result
+            if later is not None:
+                return later
             folder = folder / "frames"
         files = sorted(folder.glob("*.png"))
         if not files:

@@ -44,6 +44,7 @@ _MUST_MATCH = {
     "config_hash": "the style settings",
     "source_fingerprint": "the source video",
     "style_fingerprints": "the style images",
+    "mask_fingerprint": "the mask",
     "weights_id": "the VGG-19 weights",
     "working_size": "the working size",
 }

@@ -121,8 +121,12 @@ def stylise_frame(objective: FrameObjective, init: torch.Tensor, *, iterations: 
                   optimizer: str = "lbfgs", learning_rate: float = 0.02,
                   tol_loss_relative: float = 0.0,
                   on_iteration: Callable[[int, float], None] | None = None,
-                  evaluate_result: bool = True) -> FrameResult:
+                  evaluate_result: bool = True,
+                  on_image: Callable[[int, torch.Tensor], None] | None = None) -> FrameResult:
     """Optimise the image starting from ``init`` ``(1, 3, H, W)`` in [0, 1].
+
+    ``on_iteration(done, loss)`` and ``on_image(done, image)`` are called after each iteration;
+    ``image`` is the current ``(1, 3, H, W)`` variable, detached and NOT clamped (do not modify it).
 
     One iteration is one forward+backward pass for both optimisers (L-BFGS without line search, as
     neural-style), so the cost per iteration is one VGG evaluation. ``tol_loss_relative`` stops early
@@ -162,6 +166,8 @@ def stylise_frame(objective: FrameObjective, init: torch.Tensor, *, iterations: 
         loss = history[-1]
         if on_iteration is not None:
             on_iteration(done, loss)
+        if on_image is not None:
+            on_image(done, x.detach())
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at iteration {done}; lower the learning "
                                      f"rate or the loss weights")
@@ -229,7 +235,7 @@ def stylise_coarse_to_fine(encoder: VGGEncoder, content: torch.Tensor, init: tor
             start = start + _resize(change, size)
         kwargs = dict(optimiser_kwargs)
         if not last:  # a coarse octave's losses are never reported
-            kwargs.update(evaluate_result=False, on_iteration=None)
+            kwargs.update(evaluate_result=False, on_iteration=None, on_image=None)
         result = stylise_frame(objective, start,
                                iterations=iterations if last else coarse_iterations, **kwargs)
         history += result.history

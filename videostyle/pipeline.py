@@ -24,13 +24,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import __version__, images
+from . import __version__, colour, images
 from .config import RunOptions, StyleConfig
 from .errors import InputError, OutputError, ResumeError
 from .features import LAYER_NAMES, VGGEncoder, resolve_weights
 from .flow import FlowEstimator, FlowWorker
 from .frame_writer import FrameWriter
 from .journal import WorkDir, file_fingerprint
+from .masks import FrameMasks, composite
 from .optimise import (FrameObjective, FrameResult, LossWeights, StyleTargets, TemporalTerm,
                        compute_style_targets, stylise_coarse_to_fine, stylise_frame)
 from .temporal import initial_image, long_term_masks, mask_tensor, warp_previous
@@ -58,14 +59,22 @@ def _normalised(pairs) -> dict[str, float]:
 class Stylizer:
     """Holds what is fixed for a whole run: device, VGG encoder, style targets and loss weights.
 
+    With ``preserve_colors`` the optimiser works on luminance: :meth:`to_optimised` maps frames into that
+    space and :meth:`finish` maps a result back (content chroma, then the ``--mask`` composite).
+    ``colour_reference`` ``(1, 3, H, W)`` RGB at the working size: the frame whose luminance statistics
+    the style luminance is matched to (the first frame of a video, so the targets are the same for
+    every frame); None: not matched.
+
     ``precision``: ``fp32``, or ``bf16``/``fp16`` to run VGG's convolutions under autocast (the image,
     the Gram matrices and the losses stay float32); see :class:`~videostyle.features.VGGEncoder`.
     """
 
     def __init__(self, cfg: StyleConfig, *, device: torch.device, working_size: tuple[int, int],
-                 precision: str = "fp32"):
+                 colour_reference: torch.Tensor | None = None, precision: str = "fp32"):
         self.cfg = cfg
         self.device = device
+        # The mask first: a bad --mask is reported before the weights are loaded.
+        self.masks = FrameMasks(cfg.mask, working_size, feather_px=cfg.mask_feather) if cfg.mask else None
         self.weights = resolve_weights(cfg.weights)
         self.loss_weights = LossWeights(cfg.content_weight, cfg.style_weight, cfg.tv_weight,
                                         _normalised(cfg.content_layers), _normalised(cfg.style_layers))
@@ -74,6 +83,7 @@ class Stylizer:
             torch.backends.cudnn.benchmark = True  # fixed input size for the whole run: pick the fastest
         self.encoder = VGGEncoder(layers, self.weights, pooling=cfg.pooling,
                                   precision=precision).to(device)
+        self.colour_reference = colour_reference
         self.targets = self._style_targets(working_size)
 
     def _style_targets(self, working_size: tuple[int, int]) -> StyleTargets:
@@ -82,24 +92,45 @@ class Stylizer:
         for path in self.cfg.styles:
             rgb = images.load_image(path)
             rgb = images.resize_rgb(rgb, images.working_size(rgb.shape[1], rgb.shape[0], long_edge))
-            style_images.append(images.to_tensor(rgb, self.device))
+            style = images.to_tensor(rgb, self.device)
+            if self.cfg.preserve_colors:
+                style = colour.luminance(style)
+                if self.colour_reference is not None:
+                    style = colour.match_luminance(style, colour.luminance(self.colour_reference))
+            style_images.append(style)
         return compute_style_targets(self.encoder, style_images, self.cfg.blend_weights,
                                      list(self.loss_weights.style_layers))
 
     def stylise(self, content: torch.Tensor, init: torch.Tensor, *, iterations: int,
                 temporal: tuple[TemporalTerm, ...] = (), evaluate_result: bool = True,
-                on_iteration=None) -> FrameResult:
-        """Optimise one frame: ``content``/``init`` ``(1, 3, H, W)`` in [0, 1]; coarse-to-fine when the
-        config has ``octaves > 1`` (``iterations`` at every level)."""
+                on_image: Callable | None = None) -> FrameResult:
+        """Optimise one frame: ``content`` and ``init`` ``(1, 3, H, W)`` in the optimised space
+        (:meth:`to_optimised`); coarse-to-fine when the config has ``octaves > 1`` (``iterations`` at
+        every level; ``on_image`` sees the full-size level only)."""
         kwargs = dict(optimizer=self.cfg.optimizer, learning_rate=self.cfg.learning_rate,
                       tol_loss_relative=self.cfg.tol_loss_relative, evaluate_result=evaluate_result,
-                      on_iteration=on_iteration)
+                      on_image=on_image)
         if self.cfg.octaves > 1:
             return stylise_coarse_to_fine(self.encoder, content, init, self.targets, self.loss_weights,
                                           temporal, iterations=iterations, octaves=self.cfg.octaves,
                                           **kwargs)
         objective = FrameObjective(self.encoder, content, self.targets, self.loss_weights, temporal)
         return stylise_frame(objective, init, iterations=iterations, **kwargs)
+
+    def to_optimised(self, image: torch.Tensor) -> torch.Tensor:
+        """An RGB frame ``(1, 3, H, W)`` in [0, 1] in the space the optimiser works in: its luminance
+        with ``preserve_colors`` (so warm starts and temporal terms from saved frames stay in Y), else
+        itself."""
+        return colour.luminance(image) if self.cfg.preserve_colors else image
+
+    def finish(self, image: torch.Tensor, content: torch.Tensor, index: int) -> torch.Tensor:
+        """The frame to save from an optimised ``image``: with the chroma of ``content`` (RGB, working
+        size) when preserving colours, then kept as ``content`` outside the mask of frame ``index``."""
+        if self.cfg.preserve_colors:
+            image = colour.with_chroma_of(image, content)
+        if self.masks is not None:
+            image = composite(image, content, self.masks.tensor(index, image.device))
+        return image
 
 
 @dataclass(frozen=True)
@@ -130,6 +161,7 @@ def build_manifest(cfg: StyleConfig, info: VideoInfo, weights_id: str, working: 
         "source": str(Path(info.path).resolve()),
         "source_fingerprint": file_fingerprint(info.path),
         "style_fingerprints": [file_fingerprint(p) for p in cfg.styles],
+        "mask_fingerprint": file_fingerprint(cfg.mask) if cfg.mask else None,
         "weights_id": weights_id,
         "working_size": list(working),
         "source_size": [info.width, info.height],
@@ -185,7 +217,9 @@ def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
     check_memory((info.width, info.height), out_size)
     workdir = Path(opts.workdir) if opts.workdir else default_workdir(output)
     check_disk_space(workdir, working, estimated_frame_count(info))
-    stylizer = Stylizer(cfg, device=device, working_size=working, precision=opts.precision)
+    reference = _first_frame(info, working, device) if cfg.preserve_colors else None
+    stylizer = Stylizer(cfg, device=device, working_size=working, colour_reference=reference,
+                        precision=opts.precision)
     run_opts = replace(opts, workdir=str(workdir.resolve()), restart=False)
     manifest = build_manifest(cfg, info, stylizer.weights.weights_id, working, output=output, opts=run_opts)
     work = WorkDir.open(workdir, manifest, restart=opts.restart)
@@ -196,15 +230,50 @@ def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
     done_now = 0
     if total is None or work.finished_count < total:
         done_now = _stylise_frames(info, stylizer, work, working, progress=progress, verbose=opts.verbose,
-                                   batch_size=opts.batch_size)
+                                   batch_size=opts.batch_size,
+                                   snapshots=_snapshot_writer(output, opts.save_every))
         work.update_manifest(frame_count=work.finished_count)  # decoding is complete: the real count
+    final = work
+    if cfg.passes > 1:
+        from .passes import run_passes
+        final, done_later = run_passes(info, stylizer, work, working, progress=progress,
+                                       verbose=opts.verbose)
+        done_now += done_later
     elapsed = time.monotonic() - t0
-    _encode_journaled(work, info, output, out_size, opts)
+    _encode_journaled(final, info, output, out_size, opts)
     summary = RunSummary(output, work.finished_count, resumed_from,
                          elapsed / done_now if done_now else 0.0, stylizer.weights.weights_id, workdir)
     if not opts.keep_workdir:
         work.remove()
     return summary
+
+
+def _first_frame(info: VideoInfo, working: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Frame 0 of the video at the working size, ``(1, 3, H, W)`` in [0, 1]."""
+    frames = iter_frames(info)
+    try:
+        return images.to_tensor(images.resize_rgb(next(frames).rgb, working), device)
+    finally:
+        frames.close()
+
+
+def _snapshot_writer(output: Path, every: int):
+    """``--save-every``: a :class:`~videostyle.snapshots.SnapshotWriter`, or None when off."""
+    if every <= 0:
+        return None
+    from .snapshots import SnapshotWriter
+    return SnapshotWriter(output, every)
+
+
+def _snapshot_hook(writer, stylizer: Stylizer, content: torch.Tensor) -> Callable | None:
+    """``on_image`` for the optimiser of frame 0: writes the finished-looking image when ``writer`` wants."""
+    if writer is None:
+        return None
+
+    def on_image(done: int, image: torch.Tensor) -> None:
+        if writer.wants(done):
+            writer.write(done, images.to_uint8(stylizer.finish(image.clamp(0, 1), content, 0)))
+    return on_image
 
 
 def _with_absolute_paths(cfg: StyleConfig) -> StyleConfig:
@@ -213,9 +282,10 @@ def _with_absolute_paths(cfg: StyleConfig) -> StyleConfig:
     weights = cfg.weights
     if weights not in ("auto", "imagenet", "untrained"):
         weights = str(Path(weights).resolve())
-    if styles == cfg.styles and weights == cfg.weights:
+    mask = str(Path(cfg.mask).resolve()) if cfg.mask else cfg.mask
+    if styles == cfg.styles and weights == cfg.weights and mask == cfg.mask:
         return cfg
-    return replace(cfg, styles=styles, weights=weights)
+    return replace(cfg, styles=styles, weights=weights, mask=mask)
 
 
 def _note_resume(work: WorkDir, manifest: dict) -> None:
@@ -379,8 +449,11 @@ def _test_kill_point(point: str, index: int | None = None, *,
 
 def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working: tuple[int, int], *,
                     progress: ProgressFactory | None, verbose: bool, batch_size: int = 1,
-                    first: int = 0, stop: int | None = None, seek: tuple[int, int] | None = None) -> int:
+                    first: int = 0, stop: int | None = None, seek: tuple[int, int] | None = None,
+                    snapshots=None) -> int:
     """Optimise and journal every frame not yet finished; returns how many were done in this call.
+
+    ``snapshots``: a :class:`~videostyle.snapshots.SnapshotWriter` for frame 0 (``--save-every``).
 
     Frames are journaled ``batch_size`` at a time (and at the end): an interruption loses at most the
     unjournaled part of one batch. ``first``/``stop``: the chain covers source frames ``first ..
@@ -402,7 +475,7 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
     previous: dict[int, torch.Tensor] = {}  # saved outputs of recent frames, as read back from disk
     for k in range(1, lookback + 1):
         if start - k >= first:
-            previous[start - k] = images.to_tensor(work.read_frame(start - k), device)
+            previous[start - k] = stylizer.to_optimised(images.to_tensor(work.read_frame(start - k), device))
     writer = FrameWriter(work, after_write=lambda index: _test_kill_point("journal", index))
     with writer, FramePrefetcher(iter_frames(info, start=first_decoded, seek=seek)) as frames:
         records = _frame_records(frames, cfg, working)
@@ -413,18 +486,22 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
                 if stop is not None and index >= stop:
                     break
                 content = images.to_tensor(content_rgb, device)
-                init, temporal = _init_and_temporal(cfg, index, content, previous, flows, masks,
+                target = stylizer.to_optimised(content)
+                init, temporal = _init_and_temporal(cfg, index, target, previous, flows, masks,
                                                     frame_generator(cfg.seed, index))
                 iterations = cfg.iters_first if index == first else cfg.iters
-                result = stylizer.stylise(content, init, iterations=iterations, temporal=temporal,
-                                          evaluate_result=False)
+                result = stylizer.stylise(target, init, iterations=iterations, temporal=temporal,
+                                          evaluate_result=False,
+                                          on_image=_snapshot_hook(snapshots, stylizer, content)
+                                          if index == 0 else None)
                 _test_kill_point("frame", index, before_kill=writer.flush)
-                rgb = images.to_uint8(result.image)
+                rgb = images.to_uint8(stylizer.finish(result.image, content, index))
                 pending.append((index, pts, rgb))
                 if len(pending) >= batch_size:
                     writer.submit(pending)
                     pending = []
-                previous[index] = images.to_tensor(rgb, device)  # the 8-bit frame, as resume sees it
+                # The 8-bit frame as saved (coloured, composited), as a resume reads it back.
+                previous[index] = stylizer.to_optimised(images.to_tensor(rgb, device))
                 previous.pop(index - lookback, None)
                 done += 1
                 if verbose:
@@ -501,19 +578,40 @@ def stylize_image(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
 
     Returns the final loss terms.
     """
+    output = check_image_output(output)
+    rgb = images.load_image(source)
+    out, losses = stylise_still(rgb, cfg, device=pick_device(opts.device),
+                                snapshots=_snapshot_writer(output, opts.save_every), precision=opts.precision)
+    tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
+    images.save_image(out, tmp)
+    os.replace(tmp, output)
+    return losses
+
+
+def check_image_output(output: str | os.PathLike) -> Path:
+    """``OutputError`` when an image cannot be written to ``output`` (missing dir, unknown extension)."""
     output = Path(output)
     if not output.parent.is_dir():
         raise OutputError(f"output directory does not exist: {str(output.parent)!r}")
     if output.suffix.lower() not in Image.registered_extensions():
         raise OutputError(f"unsupported image extension {output.suffix!r} for {str(output)!r}; "
                           f"use .png or .jpg")
-    rgb = images.load_image(source)
+    return output
+
+
+def stylise_still(rgb: np.ndarray, cfg: StyleConfig, *, device: torch.device,
+                  snapshots=None, precision: str = "fp32") -> tuple[np.ndarray, dict[str, float]]:
+    """Stylise one picture ``(H, W, 3)`` uint8 alone, with the first-frame settings.
+
+    Returns the result at the working size ``(h, w, 3)`` uint8 and the final loss terms (floats).
+    ``snapshots``: a :class:`~videostyle.snapshots.SnapshotWriter` (``--save-every``) or None.
+    """
     working = images.working_size(rgb.shape[1], rgb.shape[0], cfg.size)
-    stylizer = Stylizer(cfg, device=pick_device(opts.device), working_size=working, precision=opts.precision)
-    content = images.to_tensor(images.resize_rgb(rgb, working), stylizer.device)
-    init = initial_image(cfg.init_first, content=content, generator=frame_generator(cfg.seed, 0))
-    result = stylizer.stylise(content, init, iterations=cfg.iters_first)
-    tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
-    images.save_image(images.to_uint8(result.image), tmp)
-    os.replace(tmp, output)
-    return result.losses
+    content = images.to_tensor(images.resize_rgb(rgb, working), device)
+    stylizer = Stylizer(cfg, device=device, working_size=working, colour_reference=content,
+                        precision=precision)
+    target = stylizer.to_optimised(content)
+    init = initial_image(cfg.init_first, content=target, generator=frame_generator(cfg.seed, 0))
+    result = stylizer.stylise(target, init, iterations=cfg.iters_first,
+                              on_image=_snapshot_hook(snapshots, stylizer, content))
+    return images.to_uint8(stylizer.finish(result.image, content, 0)), result.losses

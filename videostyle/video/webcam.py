@@ -944,7 +944,7 @@ class LivePreview:
         from ..temporal import initial_image, mask_tensor, warp_previous
 
         cfg = replace(self.cfg, size=max(self._size), iters_first=self.iterations, iters=self.iterations,
-                      init="prev-warped", temporal_weight=0.0)
+                      init="prev-warped", temporal_weight=0.0, passes=1)
         device = pick_device(self.device)
         stylizer = Stylizer(cfg, device=device, working_size=self._size)
         flow = FlowEstimator("dis", dis_preset="ultrafast")
@@ -965,15 +965,17 @@ class LivePreview:
             if self._t_first is None:
                 self._t_first = start
             content = images.to_tensor(rgb, device)
+            target = stylizer.to_optimised(content)  # luminance with --preserve-colors
             if prev_out is None:
-                init = content.clone()
+                init = target.clone()
             else:
                 back, fwd = flow(rgb, prev_src), flow(prev_src, rgb)
-                init = initial_image("prev-warped", content=content, previous=prev_out,
+                init = initial_image("prev-warped", content=target, previous=prev_out,
                                      warped_previous=warp_previous(prev_out, back),
                                      mask=mask_tensor(reliability_mask(back, fwd), device))
-            out = images.to_uint8(stylizer.stylise(content, init, iterations=self.iterations).image)
-            prev_src, prev_out = rgb, images.to_tensor(out, device)
+            result = stylizer.stylise(target, init, iterations=self.iterations).image
+            out = images.to_uint8(stylizer.finish(result, content, self._done))
+            prev_src, prev_out = rgb, stylizer.to_optimised(images.to_tensor(out, device))
             self._done += 1
             self._t_last = time.monotonic()
             if window is not None:
