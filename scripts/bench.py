@@ -1,7 +1,7 @@
 """Speed benchmark: prints a table, every ratio measured side by side in this one run.
 
     python scripts/bench.py [--size 256] [--clip ../shared/data/videos/realshort.mp4] [--device auto]
-                            [--quality draft] [--precisions fp32,bf16] [--check-size 1920]
+                            [--quality draft] [--precisions fp32,bf16] [--check-size 1920x1080]
 
 (1) seconds per optimiser iteration of the pipeline (content + style + temporal, L-BFGS, timed over a
     whole --ref-iters frame, so the optimiser's own work is counted) vs. a bare VGG-19 forward+backward
@@ -12,8 +12,8 @@
     scratch reaches after --ref-iters iterations;
 (3) end-to-end frames per second of `videostyle stylize` at --quality (its iterations and octaves, at
     --size) on the first --frames frames of a real clip, decode, flow, journal and encode included;
-(4) peak memory (process max RSS on CPU; max allocated on CUDA), and with --check-size N whether one
-    iteration at N px (e.g. 1920 for 1920x1080) fits, with its peak memory.
+(4) peak memory (process max RSS on CPU; max allocated on CUDA), and with --check-size WxH whether
+    one iteration at that size (e.g. 1920x1080) fits, with its peak memory.
 Untrained seeded weights by default (no weights can be downloaded here): timings do not depend on
 the weights' values, but the iteration counts are only indicative of ImageNet behaviour.
 """
@@ -76,9 +76,8 @@ def trim_clip(src: Path, dst: Path, n_frames: int) -> None:
         out.mux(vout.encode())
 
 
-def check_size(long_edge: int, rgb, enc, targets, lw, device) -> tuple[str, str]:
-    """Whether one pipeline iteration at ``long_edge`` px (the clip's frame, upscaled) fits in memory."""
-    size = images.working_size(rgb.shape[1], rgb.shape[0], long_edge)
+def check_size(size: tuple[int, int], rgb, enc, targets, lw, device) -> tuple[str, str]:
+    """Whether one pipeline iteration at ``size`` ``(W, H)`` px (the clip's frame, resized) fits in memory."""
     content = images.to_tensor(images.resize_rgb(rgb, size), device)
     temporal = [TemporalTerm(content, torch.ones_like(content[:, :1]), 50.0)]
     if device.type == "cuda":
@@ -112,8 +111,8 @@ def main() -> None:
                     help="preset whose iterations and octaves (3) uses, at --size (default draft)")
     ap.add_argument("--precisions", default=None,
                     help="precisions for (1), comma-separated (default fp32 on CPU, fp32,bf16 on CUDA)")
-    ap.add_argument("--check-size", type=int, default=0,
-                    help="also check that one iteration at this long edge fits in memory (e.g. 1920)")
+    ap.add_argument("--check-size", default=None,
+                    help="also check that one iteration at WxH fits in memory (e.g. 1920x1080)")
     args = ap.parse_args()
     device = pick_device(args.device)
     if args.precisions is None:
@@ -227,7 +226,8 @@ def main() -> None:
         rows.append(("(4) peak CUDA memory allocated", f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"))
     rows.append(("(4) peak process RSS", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"))
     if args.check_size:
-        rows.append(check_size(args.check_size, frames[1], enc, targets, lw, device))
+        width, height = (int(v) for v in args.check_size.lower().split("x"))
+        rows.append(check_size((width, height), frames[1], enc, targets, lw, device))
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU, {torch.get_num_threads()} threads"

@@ -219,3 +219,14 @@ def test_ray_option_without_ray_installed_says_how_to_install_it(tmp_path, monke
     assert main(["stylize", str(clip), "--style", str(style), "-o", str(tmp_path / "out.mp4"), "--ray"]) == 2
     assert capsys.readouterr().err == "videostyle: error: --ray needs Ray: pip install 'videostyle[ray]'\n"
     assert not (tmp_path / "out.mp4.videostyle-work").exists()
+
+
+def test_multi_pass_with_ray_is_refused_before_any_work(tmp_path, capsys):
+    style = tmp_path / "style.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(style)
+    clip = make_clip(tmp_path / "in.mp4", n_frames=2, audio=None)
+    assert main(["stylize", str(clip), "--style", str(style), "-o", str(tmp_path / "out.mp4"), "--passes", "2",
+                 "--ray"]) == 2
+    assert capsys.readouterr().err == (
+        "videostyle: error: --passes needs the whole video in one process: run it without --ray\n")
+    assert not (tmp_path / "out.mp4.videostyle-work").exists()

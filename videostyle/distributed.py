@@ -311,14 +311,16 @@ def run_segment(job: SegmentJob) -> SegmentResult:
         device = pipeline.pick_device(job.device)
         if device.type == "cpu":
             torch.set_num_threads(job.threads)  # the CPUs Ray gave this task, no more
+        info = probe_video(job.source)
+        # --preserve-colors matches the style's luminance to frame 0, as a single-process run does.
+        reference = pipeline._first_frame(info, tuple(job.working), device) if job.cfg.preserve_colors else None
         stylizer = pipeline.Stylizer(job.cfg, device=device, working_size=tuple(job.working),
-                                     precision=job.precision)
+                                     colour_reference=reference, precision=job.precision)
         if stylizer.weights.weights_id != job.weights_id:
             raise InputError(f"worker on {socket.gethostname()} resolved VGG-19 weights "
                              f"{stylizer.weights.weights_id}, the driver {job.weights_id}: install the same "
                              f"weights on every node (or pass --weights explicitly)")
         _log_attempt(work, "start", resumed_from=resumed_from, seek=job.seek)
-        info = probe_video(job.source)
         frames = _SegmentFrames(work, seg.first)
         chain = dict(progress=None, verbose=False, batch_size=job.batch_size, first=seg.first, stop=seg.stop)
         with _armed_test_kill(job):
@@ -426,6 +428,8 @@ def stylize_video_ray(source, output, cfg: StyleConfig, opts: RunOptions, *, pro
         raise ValueError(f"--batch-size must be at least 1, got {opts.batch_size}")
     if opts.ray_cpus < 1:
         raise ValueError(f"--ray-cpus must be at least 1, got {opts.ray_cpus}")
+    if cfg.passes > 1:
+        raise InputError("--passes needs the whole video in one process: run it without --ray")
     estimate = pipeline.estimated_frame_count(info)
     segments = plan_segments(estimate, length=opts.segment_frames, overlap=opts.segment_overlap)
     working = images.working_size(info.width, info.height, cfg.size)
