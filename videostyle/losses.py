@@ -17,6 +17,26 @@ import torch
 _EPS = 1e-12
 
 
+class _Gram(torch.autograd.Function):
+    """``F F^T / n`` with a backward of one matrix product instead of autograd's two.
+
+    For ``G = F F^T / n``: ``dL/dF = (dG + dG^T) F / n``; autograd's bmm backward computes ``dG F`` and
+    ``(F^T dG)^T`` separately. The Gram matrices are ~9% of an iteration (measured at 256 px), a third
+    of which is this second product.
+    """
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor, n: float) -> torch.Tensor:
+        ctx.save_for_backward(flat)
+        ctx.n = n
+        return torch.bmm(flat, flat.transpose(1, 2)) / n
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (flat,) = ctx.saved_tensors
+        return torch.bmm(grad + grad.transpose(1, 2), flat) / ctx.n, None
+
+
 def gram(features: torch.Tensor) -> torch.Tensor:
     """Gram matrix normalised by C*H*W (Gatys et al. 2016).
 
@@ -26,28 +46,41 @@ def gram(features: torch.Tensor) -> torch.Tensor:
         ``(B, C, C)`` float, ``G[b, i, j] = sum_p F[b,i,p] F[b,j,p] / (C*H*W)``.
     """
     b, c, h, w = features.shape
-    flat = features.reshape(b, c, h * w)
-    return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
+    return _Gram.apply(features.reshape(b, c, h * w), float(c * h * w))
 
 
-def normalised_mse(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``mean((x - target)^2) / mean(target^2)``: 0 on a match, ~1 when x carries nothing of target."""
-    return (x - target).pow(2).mean() / (target.pow(2).mean() + _EPS)
+def power(target: torch.Tensor) -> torch.Tensor:
+    """``mean(target^2)``: the normaliser of :func:`normalised_mse`, computed once per target."""
+    return target.pow(2).mean()
 
 
-def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def normalised_mse(x: torch.Tensor, target: torch.Tensor,
+                   target_power: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean((x - target)^2) / mean(target^2)``: 0 on a match, ~1 when x carries nothing of target.
+
+    ``target_power``: :func:`power` of ``target`` when the caller has it (the optimiser evaluates the
+    same target every iteration)."""
+    if target_power is None:
+        target_power = power(target)
+    return (x - target).pow(2).mean() / (target_power + _EPS)
+
+
+def content_loss(features: torch.Tensor, target: torch.Tensor,
+                 target_power: torch.Tensor | None = None) -> torch.Tensor:
     """Normalised feature reconstruction loss for one layer; both ``(B, C, H, W)``."""
-    return normalised_mse(features, target)
+    return normalised_mse(features, target, target_power)
 
 
-def style_loss(features: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
+def style_loss(features: torch.Tensor, target_gram: torch.Tensor,
+               target_power: torch.Tensor | None = None) -> torch.Tensor:
     """Normalised Gram matrix loss for one layer.
 
     Args:
         features: ``(B, C, H, W)`` of the image being optimised.
         target_gram: ``(1 or B, C, C)`` Gram matrix of the style image (blended, for several styles).
+        target_power: :func:`power` of ``target_gram``, when already known.
     """
-    return normalised_mse(gram(features), target_gram.expand(features.shape[0], -1, -1))
+    return normalised_mse(gram(features), target_gram.expand(features.shape[0], -1, -1), target_power)
 
 
 def temporal_loss(image: torch.Tensor, warped_previous: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

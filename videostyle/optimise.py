@@ -82,15 +82,19 @@ class FrameObjective:
         self.temporal = tuple(temporal)
         with torch.no_grad():
             feats = encoder(content)
-        self.content_targets = {layer: feats[layer] for layer in weights.content_layers}
+            self.content_targets = {layer: feats[layer] for layer in weights.content_layers}
+            # The loss normalisers, once per frame instead of once per iteration.
+            self.content_powers = {layer: losses.power(t) for layer, t in self.content_targets.items()}
+            self.style_powers = {layer: losses.power(targets.grams[layer]) for layer in weights.style_layers}
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Returns ``(total, parts)``; parts are the weighted terms (scalars, still in the graph)."""
         feats = self.encoder(image)
         w = self.weights
-        content = sum(lw * losses.content_loss(feats[layer], self.content_targets[layer])
+        content = sum(lw * losses.content_loss(feats[layer], self.content_targets[layer],
+                                               self.content_powers[layer])
                       for layer, lw in w.content_layers.items())
-        style = sum(lw * losses.style_loss(feats[layer], self.targets.grams[layer])
+        style = sum(lw * losses.style_loss(feats[layer], self.targets.grams[layer], self.style_powers[layer])
                     for layer, lw in w.style_layers.items())
         parts = {"content": w.content * content, "style": w.style * style}
         if self.temporal:
