@@ -41,3 +41,22 @@ def test_total_variation_zero_for_constant_image_positive_for_edges():
     img = torch.zeros(1, 3, 5, 5)
     img[..., 2:] = 1
     assert losses.total_variation(img) > 0
+
+
+def test_gram_backward_equals_autograd_of_the_plain_product():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.rand(2, 5, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(2, 5, 5, generator=g, dtype=torch.float64)
+    (losses.gram(feats) * weight).sum().backward()
+    ours = feats.grad.clone()
+    feats.grad = None
+    flat = feats.reshape(2, 5, 12)
+    ((torch.bmm(flat, flat.transpose(1, 2)) / 60) * weight).sum().backward()
+    torch.testing.assert_close(ours, feats.grad)
+    assert torch.autograd.gradcheck(losses.gram, (feats.detach().requires_grad_(True),))
+
+
+def test_precomputed_target_power_gives_the_same_loss():
+    g = torch.Generator().manual_seed(1)
+    x, target = torch.rand(1, 4, 6, 6, generator=g), torch.rand(1, 4, 6, 6, generator=g)
+    assert losses.content_loss(x, target, losses.power(target)) == losses.content_loss(x, target)

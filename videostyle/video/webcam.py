@@ -944,7 +944,7 @@ class LivePreview:
         from ..temporal import initial_image, mask_tensor, warp_previous
 
         cfg = replace(self.cfg, size=max(self._size), iters_first=self.iterations, iters=self.iterations,
-                      init="prev-warped", temporal_weight=0.0, passes=1)
+                      init="prev-warped", temporal_weight=0.0, passes=1, octaves=1)  # live: speed first
         device = pick_device(self.device)
         stylizer = Stylizer(cfg, device=device, working_size=self._size)
         flow = FlowEstimator("dis", dis_preset="ultrafast")
