@@ -36,6 +36,20 @@ def frame_pattern(index: int, width: int, height: int) -> np.ndarray:
     return rgb
 
 
+def other_shot_pattern(index: int, width: int, height: int) -> np.ndarray:
+    """Upright RGB ``(height, width, 3)`` uint8 picture of frame ``index`` of a *different shot* than
+    :func:`frame_pattern`: a blue-to-green diagonal gradient with a yellow square that moves down
+    ``height / 16`` px per frame (wrapping). Cutting from one to the other is a hard scene cut."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    ramp = (xs / max(1, width - 1) + ys / max(1, height - 1)) / 2  # 0 top-left .. 1 bottom-right
+    rgb = np.stack([20 + 0 * ramp, 60 + 160 * ramp, 200 - 120 * ramp], axis=-1).astype(np.uint8)
+    side = max(2, height // 4)
+    y0 = (index * max(1, height // 16)) % max(1, height - side)
+    x0 = width // 3
+    rgb[y0 : y0 + side, x0 : x0 + side] = (240, 220, 40)
+    return rgb
+
+
 def identify_frame(rgb: np.ndarray, n_frames: int, *, drawn_size: tuple[int, int] | None = None) -> int:
     """Index ``i < n_frames`` whose :func:`frame_pattern` is closest (MSE) to upright ``rgb``.
 
@@ -78,6 +92,7 @@ def make_clip(
     audio_extra_s: float = 0.0,
     faststart: bool = False,
     gop: int | None = None,
+    cut_at: int | None = None,
 ) -> Path:
     """Write a tiny H.264 clip with PyAV; the container comes from the extension.
 
@@ -99,6 +114,8 @@ def make_clip(
         faststart: MP4/MOV index (moov) before the data, so a cut-off copy still opens.
         gop: a keyframe every ``gop`` frames, with B-frames (reordered decode), for seeking tests;
             default: one keyframe, no B-frames.
+        cut_at: frames ``cut_at, cut_at+1, ...`` show :func:`other_shot_pattern` (a hard scene cut at
+            frame ``cut_at``); default: :func:`frame_pattern` throughout.
     Returns:
         ``Path(path)``.
     """
@@ -142,7 +159,8 @@ def make_clip(
                 astreams.append(astream)
 
         for i, t in enumerate(times):
-            upright = frame_pattern(i, upright_w, upright_h)
+            shot = other_shot_pattern if cut_at is not None and i >= cut_at else frame_pattern
+            upright = shot(i, upright_w, upright_h)
             coded = np.ascontiguousarray(np.rot90(upright, k=-(rotation // 90))) if rotation else upright
             frame = av.VideoFrame.from_ndarray(coded, format="rgb24")
             frame.pts = int(t / time_base)

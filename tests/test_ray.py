@@ -23,7 +23,8 @@ from clips import make_clip
 from PIL import Image
 
 from videostyle.cli import main
-from videostyle.distributed import Segment, crossfade, plan_segments, seam_pairs, seek_point
+from videostyle.distributed import SeamMeter, Segment, crossfade, plan_segments, seam_pairs, seek_point
+from videostyle.scenes import detect_scene_cuts, frame_changes
 from videostyle.video.decode import iter_frames, keyframes
 from videostyle.video.probe import probe_video
 
@@ -71,6 +72,71 @@ def test_seam_pairs_are_the_steps_into_through_and_out_of_each_cross_fade():
     assert seams == {t: i for i in (1, 2, 3) for t in range(10 * i - 3, 10 * i + 1)}
     assert inside and not inside & set(seams) and all(1 <= t < 40 for t in inside)
     assert all(t - 1 not in range(s.first, s.start) for t in inside for s in segs[1:])  # never a blended frame
+
+
+@pytest.mark.parametrize("size", [(64, 48), (128, 96)])
+def test_scene_cut_is_found_at_the_frame_where_the_shot_changes(tmp_path, size):
+    clip = make_clip(tmp_path / "cut.mp4", size=size, n_frames=16, cut_at=7, audio=None)
+    assert detect_scene_cuts(probe_video(clip)) == [7]
+
+
+def test_smooth_motion_and_a_brightness_step_are_not_scene_cuts(tmp_path):
+    """The moving square warps (flow check passes); the grey background crossing a histogram bin changes
+    the histogram a lot (frame 4) but warps: a cut needs both signals."""
+    info = probe_video(make_clip(tmp_path / "smooth.mp4", size=(128, 96), n_frames=16, audio=None))
+    changes = {t: (reliable, hist) for t, reliable, hist in frame_changes(info)}
+    assert sorted(changes) == list(range(1, 16))
+    assert changes[4][1] > 0.5 and changes[4][0] > 0.5  # the histogram alone would call it a cut
+    assert detect_scene_cuts(info) == []
+
+
+@pytest.mark.parametrize("count,length,overlap,cuts", [(100, 10, 3, [25]), (100, 10, 3, [12, 13, 50, 99]),
+                                                       (100, 10, 3, [1, 21, 22]), (40, 10, 10, [11, 35]),
+                                                       (100, 30, 5, [31, 62, 93]), (12, 5, 2, [0, 12, 40])])
+def test_segments_start_at_every_cut_without_run_in_and_never_fold_across_one(count, length, overlap, cuts):
+    segs = plan_segments(count, length=length, overlap=overlap, cuts=cuts)
+    owned = [range(s.start, count if s.stop is None else s.stop) for s in segs]
+    assert [f for r in owned for f in r] == list(range(count))  # each frame owned once, in order
+    assert [s.index for s in segs] == list(range(len(segs))) and segs[-1].stop is None
+    inner = [c for c in cuts if 0 < c < count]  # a cut at 0 or past the end is no cut
+    assert [s.start for s in segs if s.cut] == inner
+    assert all(s.first == s.start for s in segs if s.cut)  # no run-in at a cut
+    assert all(s.first == s.start - overlap for s in segs[1:] if not s.cut)  # the usual run-in elsewhere
+    assert not any(s.first < c < s.start or s.start < c < (count if s.stop is None else s.stop)
+                   for s in segs for c in inner)  # no segment stylises or owns across a cut
+    scene_end = {s.index: min([c for c in inner if c > s.start] + [count]) for s in segs}
+    for s, r in zip(segs, owned):  # a segment is at most its length, plus a folded tail, within its scene
+        assert len(r) <= length + overlap
+        if r.stop != scene_end[s.index]:
+            assert len(r) == length
+    assert len({s.name for s in segs}) == len(segs)
+
+
+def test_segment_plan_with_cuts_examples():
+    assert plan_segments(30, length=10, overlap=2, cuts=[11]) == [
+        Segment(0, 0, 0, 11), Segment(1, 11, 11, 21, cut=True), Segment(2, 19, 21, None)]
+    # Scene 0..11 has a 1-frame tail (<= overlap): folded into its segment, but the cut still starts one.
+    assert plan_segments(30, length=10, overlap=2, cuts=[11, 20]) == [
+        Segment(0, 0, 0, 11), Segment(1, 11, 11, 20, cut=True), Segment(2, 20, 20, None, cut=True)]
+    assert plan_segments(7, length=5, overlap=2, cuts=[3]) == [Segment(0, 0, 0, 3), Segment(1, 3, 3, None, cut=True)]
+    assert plan_segments(None, length=5, overlap=2, cuts=[3]) == [Segment(0, 0, 0, None)]
+
+
+def test_seam_pairs_and_the_seam_metric_skip_pairs_across_a_cut():
+    segs = plan_segments(40, length=10, overlap=3, cuts=[20])  # seams at 10 and 30, a cut at 20
+    seams, inside = seam_pairs(segs, 40)
+    assert [s.cut for s in segs] == [False, False, True, False]
+    assert seams == {**{t: 1 for t in range(7, 11)}, **{t: 3 for t in range(27, 31)}}
+    assert 20 not in seams and 20 not in inside
+    meter = SeamMeter(segs, 40)
+    rng = np.random.default_rng(0)
+    for t in range(40):  # the same random frame throughout, a new one at the cut: error only at the cut
+        if t in (0, 20):
+            frame = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
+        meter.add(t, frame, frame)
+    report = meter.report()
+    assert report.cuts == 1 and report.seams == 2 and report.seam_pairs == 8 and report.seam_error == 0.0
+    assert "over 2 seams (1 scene cut not counted) (8 frame pairs" in report.describe()
 
 
 @pytest.mark.parametrize("ext", [".mp4", ".mkv"])
@@ -209,6 +275,30 @@ def test_worker_killed_mid_segment_is_retried_and_resumes_from_its_journal(runs,
     assert _attempts(seg1) == attempts  # no new attempt: nothing was stylised again
     assert _decoded(root / "killed.mp4")[0] == _decoded(root / "single.mp4")[0]
     shutil.rmtree(root / "killed.work")
+
+
+def test_ray_run_starts_a_segment_at_a_scene_cut_and_keeps_every_frame(runs, ray_local, capsys):
+    """16 frames, a cut at 8: segments 0-4, 5-7 (run-in 3-4), 8-12 (at the cut: no run-in), 13-15 (run-in
+    11-12). The output has the single-process run's frames and pts; the cut is no seam."""
+    root, _, style = runs
+    clip = make_clip(root / "cut.mp4", n_frames=16, fps=12, cut_at=8)
+    assert main(_args(root, clip, style, "cut-single")) == 0
+    capsys.readouterr()
+    assert main(_args(root, clip, style, "cut-ray", *SEGMENTS, "--ray", quiet=False)) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^seams: temporal error \S+ over 2 seams \(1 scene cut not counted\) \(6 frame pairs", out, re.M), out
+    work = root / "cut-ray.work"
+    assert sorted(p.name for p in (work / "segments").iterdir()) == [
+        "000000-000005", "000003-000008", "000008-000013", "000011-end"]
+    manifest = json.loads((work / "manifest.json").read_text())
+    assert manifest["scene_cuts"] == [8] and manifest["run_options"]["scene_cuts"] is True
+    assert [s["cut"] for s in manifest["segments"]] == [False, False, True, False]
+    assert _decoded(root / "cut-ray.mp4")[0] == _decoded(root / "cut-single.mp4")[0] == _decoded(clip)[0]
+    assert len(_decoded(root / "cut-ray.mp4")[0]) == 16
+    # Without the scan: the fixed-length plan (a seam across the cut), and the manifest says so.
+    assert main(_args(root, clip, style, "cut-off", *SEGMENTS, "--ray", "--no-scene-cuts")) == 0
+    manifest = json.loads((root / "cut-off.work" / "manifest.json").read_text())
+    assert manifest["scene_cuts"] is None and not any(s["cut"] for s in manifest["segments"])
 
 
 def test_ray_option_without_ray_installed_says_how_to_install_it(tmp_path, monkeypatch, capsys):

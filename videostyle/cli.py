@@ -214,6 +214,9 @@ def _add_ray_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--segment-overlap", type=int, default=10,
                    help="run-in frames cross-faded with the previous segment (default 10)")
     g.add_argument("--ray-cpus", type=int, default=1, help="CPUs per segment task on CPU workers (default 1)")
+    g.add_argument("--scene-cuts", action=argparse.BooleanOptionalAction, default=True,
+                   help="also start a segment at each scene cut, with no run-in (default on; the video is "
+                        "scanned once at 128 px before the tasks start)")
 
 
 def _size_wh(text: str) -> tuple[int, int]:
@@ -342,7 +345,7 @@ def _run(args: argparse.Namespace) -> int:
                       workdir=args.workdir, quiet=args.quiet, verbose=args.verbose, restart=args.restart,
                       keep_workdir=args.keep_workdir, batch_size=args.batch_size, precision=args.precision,
                       save_every=args.save_every, ray=args.ray, segment_frames=args.segment_frames,
-                      segment_overlap=args.segment_overlap, ray_cpus=args.ray_cpus)
+                      segment_overlap=args.segment_overlap, ray_cpus=args.ray_cpus, scene_cuts=args.scene_cuts)
     args.workdir_shown = args.workdir or str(pipeline.default_workdir(Path(output)))
     summary = pipeline.stylize_video(args.input, output, cfg, opts, progress=_progress_factory(args.quiet))
     _report(summary, args.quiet)

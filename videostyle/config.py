@@ -171,11 +171,13 @@ class RunOptions:
     # (or RAY_ADDRESS), else a Ray address. Segments of segment_frames, each with segment_overlap frames
     # of run-in cross-faded with the previous segment; ray_cpus per segment task on CPU workers. The
     # segment sizes do change frames near seams: segment work dirs are named by their frame range, so a
-    # rerun with other sizes never reuses a segment that would differ.
+    # rerun with other sizes never reuses a segment that would differ. scene_cuts: a segment also starts
+    # at each scene cut, with no run-in (videostyle.scenes; the video is decoded once more to find them).
     ray: str | None = None
     segment_frames: int = 300
     segment_overlap: int = 10
     ray_cpus: int = 1
+    scene_cuts: bool = True
     save_every: int = 0           # first frame's image every N iterations beside the output (0: off)
 
     def to_dict(self) -> dict:

@@ -23,6 +23,10 @@ segment runs in parallel. The driver encodes in source order with source pts and
 (:func:`videostyle.video.encode.encode_video`), streaming: frames go to the encoder as soon as the
 segment that owns them and the next one (for the cross-fade) are journaled.
 
+Scene cuts (``RunOptions.scene_cuts``, :mod:`videostyle.scenes`): a segment also starts at each cut, with no
+run-in and so no cross-fade (the chain restarts there anyway); the seam metric skips the pair across it.
+The cuts are recorded in the manifest (``scene_cuts``; None when off) and reused by a resume.
+
 Retries: a task whose worker dies (node lost, OOM, SIGKILL) is retried by Ray (``max_retries``); the
 retry reopens the segment's work dir, which keeps every journaled frame (hash-checked), and resumes
 after them. A rerun of the same command, or ``videostyle resume WORKDIR``, reruns every segment task;
@@ -50,8 +54,8 @@ import numpy as np
 
 from . import images, pipeline
 from .config import RunOptions, StyleConfig
-from .errors import InputError, OutputError, VideoStyleError
-from .journal import WorkDir
+from .errors import InputError, OutputError, ResumeError, VideoStyleError
+from .journal import MANIFEST, WorkDir, file_fingerprint
 from .metrics import temporal_warping_error
 from .video.decode import SeekError, keyframes
 from .video.probe import VideoInfo, probe_video
@@ -73,12 +77,14 @@ class Segment:
 
     ``stop=None``: to the end of the video (the last segment takes whatever the frame count estimate
     missed). ``start - first`` is the run-in (overlap with the previous segment), 0 for the first.
+    ``cut``: it starts at a scene cut (:mod:`videostyle.scenes`), so it has no run-in and no seam.
     """
 
     index: int
     first: int
     start: int
     stop: int | None
+    cut: bool = False
 
     @property
     def overlap(self) -> int:
@@ -90,16 +96,19 @@ class Segment:
         return f"{self.first:06d}-{'end' if self.stop is None else f'{self.stop:06d}'}"
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "first": self.first, "start": self.start, "stop": self.stop}
+        return {"index": self.index, "first": self.first, "start": self.start, "stop": self.stop, "cut": self.cut}
 
 
-def plan_segments(frame_count: int | None, *, length: int, overlap: int) -> list[Segment]:
+def plan_segments(frame_count: int | None, *, length: int, overlap: int, cuts: Sequence[int] = ()) -> list[Segment]:
     """Cut ``frame_count`` frames into segments owning ``length`` frames, each after the first with a
     run-in of ``overlap`` frames before its start.
 
-    The last segment is open-ended (``stop=None``) and absorbs a remainder of at most ``overlap``
-    frames (a segment that short would cost more in run-in than it saves). ``frame_count=None``
-    (unknown) gives one open-ended segment.
+    ``cuts``: scene cuts (source frames, :func:`videostyle.scenes.detect_scene_cuts`); each starts a
+    segment with no run-in (the chain restarts there anyway: nothing to cross-fade). Within a scene the
+    segments are as without cuts. The last segment of a scene absorbs a remainder of at most ``overlap``
+    frames (a segment that short would cost more in run-in than it saves), never across a cut; the last
+    segment is open-ended (``stop=None``). ``frame_count=None`` (unknown) gives one open-ended segment;
+    cuts outside ``1 .. frame_count-1`` are ignored.
 
     Raises:
         ValueError: ``length < 1``, ``overlap < 0`` or ``overlap > length``.
@@ -108,13 +117,17 @@ def plan_segments(frame_count: int | None, *, length: int, overlap: int) -> list
         raise ValueError(f"--segment-frames must be at least 1, got {length}")
     if overlap < 0 or overlap > length:
         raise ValueError(f"--segment-overlap must be between 0 and --segment-frames ({length}), got {overlap}")
-    if not frame_count or frame_count <= length + overlap:
+    if not frame_count:
         return [Segment(0, 0, 0, None)]
-    starts = list(range(0, frame_count, length))
-    if len(starts) > 1 and frame_count - starts[-1] <= overlap:
-        starts.pop()  # fold a short tail into the previous segment
-    return [Segment(i, max(0, s - overlap), s, starts[i + 1] if i + 1 < len(starts) else None)
-            for i, s in enumerate(starts)]
+    bounds = [0, *sorted({c for c in cuts if 0 < c < frame_count}), frame_count]
+    starts: list[tuple[int, bool]] = []  # (start, at a cut)
+    for a, b in zip(bounds, bounds[1:]):
+        scene = list(range(a, b, length))
+        if len(scene) > 1 and b - scene[-1] <= overlap:
+            scene.pop()  # fold a short tail into the previous segment of this scene
+        starts += [(s, s == a and a > 0) for s in scene]
+    return [Segment(i, s if cut else max(0, s - overlap), s, starts[i + 1][0] if i + 1 < len(starts) else None, cut)
+            for i, (s, cut) in enumerate(starts)]
 
 
 def seek_point(keys: list[tuple[int, int]] | None, first: int) -> tuple[int, int] | None:
@@ -145,7 +158,8 @@ class SeamReport:
     of each cross-fade); ``inside_error``: mean over pairs inside segments (up to ``2(K+1)`` per segment,
     taken from the middle of what it owns). ``worst_seam``: the largest mean over one seam's pairs.
     None where there were no such pairs (one segment). Measured at the working size (flows on the source
-    resized to it), on the frames as encoded before H.264.
+    resized to it), on the frames as encoded before H.264. ``cuts``: segment boundaries at scene cuts,
+    not measured (the error across a cut says nothing: no pixel warps from one shot to the next).
     """
 
     seams: int
@@ -154,6 +168,7 @@ class SeamReport:
     seam_error: float | None
     inside_error: float | None
     worst_seam: float | None
+    cuts: int = 0
 
     @property
     def ratio(self) -> float | None:
@@ -162,12 +177,13 @@ class SeamReport:
         return self.seam_error / self.inside_error
 
     def describe(self) -> str:
+        cuts = f" ({self.cuts} scene cut{'' if self.cuts == 1 else 's'} not counted)" if self.cuts else ""
         if self.seam_error is None:
             inside = f"{self.inside_error:.3g}" if self.inside_error is not None else "n/a"
-            return f"seams: none (one segment); temporal error inside {inside}"
+            return f"seams: none{cuts or ' (one segment)'}; temporal error inside {inside}"
         ratio = f"{self.ratio:.2f}x" if self.ratio is not None else "n/a"
         return (f"seams: temporal error {self.seam_error:.3g} over {self.seams} seam"
-                f"{'' if self.seams == 1 else 's'} ({self.seam_pairs} frame pairs, worst {self.worst_seam:.3g}) "
+                f"{'' if self.seams == 1 else 's'}{cuts} ({self.seam_pairs} frame pairs, worst {self.worst_seam:.3g}) "
                 f"vs {self.inside_error:.3g} inside segments ({self.inside_pairs} pairs): {ratio}")
 
     def to_dict(self) -> dict:
@@ -179,12 +195,13 @@ def seam_pairs(segments: Sequence[Segment], frame_count: int) -> tuple[dict[int,
 
     Returns ``({t: seam number}, {t inside a segment})``: seam ``i`` (between segments ``i-1`` and ``i``)
     covers ``t = first_i .. start_i``; inside pairs are up to ``2(K+1)`` consecutive ``t`` from the middle
-    of each segment's frames that are neither cross-faded nor next to a seam.
+    of each segment's frames that are neither cross-faded nor next to a seam. A segment that starts at a
+    scene cut makes no seam, and the pair across the cut is in neither set.
     """
     seams: dict[int, int] = {}
     inside: set[int] = set()
     for seg in segments:
-        if seg.index > 0:
+        if seg.index > 0 and not seg.cut:
             for t in range(max(1, seg.first), min(seg.start, frame_count - 1) + 1):
                 seams[t] = seg.index
     for i, seg in enumerate(segments):
@@ -207,6 +224,7 @@ class SeamMeter:
 
     def __init__(self, segments: Sequence[Segment], frame_count: int):
         self._seams, self._inside = seam_pairs(segments, frame_count)
+        self._cuts = sum(1 for s in segments if s.cut and s.start < frame_count)
         self._prev: tuple[int, np.ndarray, np.ndarray] | None = None
         self._seam_errors: dict[int, list[float]] = {}
         self._inside_errors: list[float] = []
@@ -232,7 +250,8 @@ class SeamMeter:
             seams=len(self._seam_errors), seam_pairs=len(seam_all), inside_pairs=len(self._inside_errors),
             seam_error=float(np.mean(seam_all)) if seam_all else None,
             inside_error=float(np.mean(self._inside_errors)) if self._inside_errors else None,
-            worst_seam=max((float(np.mean(e)) for e in self._seam_errors.values()), default=None))
+            worst_seam=max((float(np.mean(e)) for e in self._seam_errors.values()), default=None),
+            cuts=self._cuts)
 
 
 # --- the worker side ------------------------------------------------------------------------------
@@ -431,13 +450,14 @@ def stylize_video_ray(source, output, cfg: StyleConfig, opts: RunOptions, *, pro
     if cfg.passes > 1:
         raise InputError("--passes needs the whole video in one process: run it without --ray")
     estimate = pipeline.estimated_frame_count(info)
-    segments = plan_segments(estimate, length=opts.segment_frames, overlap=opts.segment_overlap)
     working = images.working_size(info.width, info.height, cfg.size)
     out_size = (info.width, info.height) if opts.output_size == "source" else working
     pipeline.check_encodable(out_size, source_size=(info.width, info.height))
     pipeline.check_working_size(cfg, working)
     pipeline.check_memory((info.width, info.height), out_size)
     workdir = (Path(opts.workdir) if opts.workdir else pipeline.default_workdir(output)).resolve()
+    cuts = _scene_cuts(info, workdir, opts)
+    segments = plan_segments(estimate, length=opts.segment_frames, overlap=opts.segment_overlap, cuts=cuts)
     seg_root = workdir / SEGMENTS
     planned = None if estimate is None else estimate + sum(s.overlap for s in segments)
     if planned is not None:
@@ -448,7 +468,7 @@ def stylize_video_ray(source, output, cfg: StyleConfig, opts: RunOptions, *, pro
     manifest = pipeline.build_manifest(cfg, info, weights_id, working, output=output, opts=run_opts)
     work = WorkDir.open(workdir, manifest, restart=opts.restart)
     pipeline._note_resume(work, manifest)
-    work.update_manifest(segments=[s.to_dict() for s in segments])
+    work.update_manifest(segments=[s.to_dict() for s in segments], scene_cuts=cuts if opts.scene_cuts else None)
     resumed_from = sum(_journaled(seg_root / s.name) for s in segments)
 
     started = _connect(ray, opts.ray)
@@ -483,6 +503,26 @@ def stylize_video_ray(source, output, cfg: StyleConfig, opts: RunOptions, *, pro
     if not opts.keep_workdir:
         work.remove()
     return summary
+
+
+def _scene_cuts(info: VideoInfo, workdir: Path, opts: RunOptions) -> list[int]:
+    """Scene cuts to plan with: none without ``opts.scene_cuts``; those an earlier run of this work dir
+    recorded for the same source (a resume does not decode the video again); else detected."""
+    if not opts.scene_cuts:
+        return []
+    if not opts.restart and (workdir / MANIFEST).is_file():
+        try:
+            old = WorkDir.read_manifest(workdir)
+        except ResumeError:  # unreadable: WorkDir.open reports it later
+            old = {}
+        if isinstance(old.get("scene_cuts"), list) and old.get("source_fingerprint") == file_fingerprint(info.path):
+            return [int(c) for c in old["scene_cuts"]]
+    from .scenes import detect_scene_cuts
+
+    t0 = time.monotonic()
+    cuts = detect_scene_cuts(info)
+    log.info("scene cuts at frames %s (%.1f s)", cuts, time.monotonic() - t0)
+    return cuts
 
 
 def _journaled(directory: Path) -> int:
