@@ -89,3 +89,20 @@ def test_prev_warped_init_fills_unreliable_pixels_from_content():
     noise = initial_image("noise", content=content, generator=torch.Generator().manual_seed(3))
     again = initial_image("noise", content=content, generator=torch.Generator().manual_seed(3))
     assert torch.equal(noise, again) and noise.std() > 0.1
+
+
+def test_range_weight_keeps_pixels_in_range_so_the_final_clamp_changes_little():
+    enc, content, targets, weights, _ = _setup()
+    assert float(losses.range_penalty(torch.tensor([[0.0, 0.5, 1.0]]))) == 0.0
+    assert float(losses.range_penalty(torch.tensor([[-1.0, 2.0]]))) == 1.0
+    outside = {}
+    for range_weight in (0.0, 100.0):
+        lw = optimise.LossWeights(weights.content, weights.style, weights.tv, weights.content_layers,
+                                  weights.style_layers, range=range_weight)
+        objective = optimise.FrameObjective(enc, content, targets, lw)
+        last = []
+        result = optimise.stylise_frame(objective, content, iterations=40,
+                                        on_image=lambda done, image: last.append(image.clone()))
+        outside[range_weight] = float((last[-1] - last[-1].clamp(0, 1)).abs().mean())
+        assert ("range" in result.losses) == (range_weight > 0)
+    assert outside[100.0] < 0.25 * outside[0.0]

@@ -97,6 +97,9 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
         g.add_argument("--content-weight", type=float, default=1.0)
         g.add_argument("--style-weight", type=float, default=20.0)
     g.add_argument("--tv-weight", type=float, default=0.0)
+    g.add_argument("--range-weight", type=float, default=100.0,
+                   help="penalty on pixels outside [0, 1] while optimising, so the final clamp changes "
+                        "almost nothing (default 100; 0: clamp only at the end)")
     g.add_argument("--content-layers", type=_layer_weights, default=None, help="e.g. relu4_2")
     g.add_argument("--style-layers", type=_layer_weights, default=None,
                    help="e.g. relu1_1:1,relu2_1:1,relu3_1:1,relu4_1:1,relu5_1:1")
@@ -279,6 +282,7 @@ def _style_config(args: argparse.Namespace, *, video: bool) -> StyleConfig:
         style_scale=args.style_scale, iters_first=iters[0], iters=iters[1],
         octaves=given.get("octaves", preset["octaves"]), optimizer=args.optimizer, learning_rate=args.lr,
         content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
+        range_weight=args.range_weight,
         pooling=args.pooling, init_first=args.init_first, tol_loss_relative=args.tol,
         weights=args.weights, seed=args.seed, preserve_colors=args.preserve_colors, mask=args.mask,
         mask_feather=args.mask_feather)

@@ -45,6 +45,7 @@ class StyleConfig:
             many iterations per level, each ~4x cheaper than the level above), 1 = full size only.
         content_weight, style_weight, tv_weight, temporal_weight: loss weights (content and style terms
             are normalised per layer by their target magnitude, see :mod:`videostyle.losses`).
+        range_weight: weight of the penalty on pixels outside [0, 1] (0: only the final clamp).
         content_layers / style_layers: ``(layer, weight)`` pairs; layer weights are normalised to sum 1.
         pooling: ``avg`` (Gatys) or ``max`` (VGG's own).
         init_first: ``content`` or ``noise`` for frame 0; init: for later frames (``prev-warped`` Ruder).
@@ -75,6 +76,7 @@ class StyleConfig:
     content_weight: float = 1.0
     style_weight: float = 20.0
     tv_weight: float = 0.0
+    range_weight: float = 100.0  # keeps pixels in [0, 1] while optimising, see losses.range_penalty
     temporal_weight: float = 50.0  # chosen by scripts/bench_temporal.py, see docs/TEMPORAL.md
     content_layers: tuple[tuple[str, float], ...] = DEFAULT_CONTENT_LAYERS
     style_layers: tuple[tuple[str, float], ...] = DEFAULT_STYLE_LAYERS
@@ -100,6 +102,8 @@ class StyleConfig:
             raise ValueError(f"{len(self.styles)} style images but {len(self.style_weights)} style weights")
         if any(w < 0 for w in self.style_weights) or (self.style_weights and sum(self.style_weights) <= 0):
             raise ValueError(f"style weights must be >= 0 with a positive sum, got {self.style_weights}")
+        if self.range_weight < 0:
+            raise ValueError(f"--range-weight must be >= 0, got {self.range_weight}")
         if self.size < 16:
             raise ValueError(f"--size must be at least 16 px, got {self.size}")
         if self.iters_first < 0 or self.iters < 0:

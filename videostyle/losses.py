@@ -103,3 +103,14 @@ def total_variation(image: torch.Tensor) -> torch.Tensor:
     dx = image[..., :, 1:] - image[..., :, :-1]
     dy = image[..., 1:, :] - image[..., :-1, :]
     return dx.pow(2).mean() + dy.pow(2).mean()
+
+
+def range_penalty(image: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of ``(B, C, H, W)`` pixels outside [0, 1] to it; 0 inside. Scalar.
+
+    The optimiser works on unconstrained pixels and the result is clamped once at the end (clamping
+    between steps breaks L-BFGS). Without this term the pixels drift out of range: measured at 256 px,
+    the clamped result's loss was 25% above the optimiser's own, and it got worse with more
+    iterations; with it (weight 100) the clamp changes almost nothing and the loss keeps falling.
+    """
+    return ((image - 1).clamp(min=0).pow(2) + (-image).clamp(min=0).pow(2)).mean()

@@ -66,10 +66,11 @@ class LossWeights:
     tv: float
     content_layers: dict[str, float]
     style_layers: dict[str, float]
+    range: float = 0.0  # keeps pixels in [0, 1] while optimising (losses.range_penalty)
 
 
 class FrameObjective:
-    """The scalar objective of one frame: content + style + temporal + tv.
+    """The scalar objective of one frame: content + style + temporal + tv + range.
 
     Content targets are computed once at construction from ``content`` ``(1, 3, H, W)``.
     """
@@ -102,6 +103,8 @@ class FrameObjective:
                                     for term in self.temporal)
         if w.tv > 0:
             parts["tv"] = w.tv * losses.total_variation(image)
+        if w.range > 0:
+            parts["range"] = w.range * losses.range_penalty(image)
         return sum(parts.values()), parts
 
 

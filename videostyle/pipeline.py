@@ -77,7 +77,8 @@ class Stylizer:
         self.masks = FrameMasks(cfg.mask, working_size, feather_px=cfg.mask_feather) if cfg.mask else None
         self.weights = resolve_weights(cfg.weights)
         self.loss_weights = LossWeights(cfg.content_weight, cfg.style_weight, cfg.tv_weight,
-                                        _normalised(cfg.content_layers), _normalised(cfg.style_layers))
+                                        _normalised(cfg.content_layers), _normalised(cfg.style_layers),
+                                        range=cfg.range_weight)
         layers = [*self.loss_weights.content_layers, *self.loss_weights.style_layers]
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size for the whole run: pick the fastest
