@@ -131,7 +131,8 @@ def main() -> None:
     weights = resolve_weights(args.weights)
     enc = VGGEncoder(["relu4_2", *STYLE_LAYERS], weights).to(device)
     targets = compute_style_targets(enc, [style], [1.0], list(STYLE_LAYERS))
-    lw = LossWeights(1.0, 20.0, 0.0, {"relu4_2": 1.0}, STYLE_LAYERS)
+    lw = LossWeights(1.0, 20.0, 0.0, {"relu4_2": 1.0}, STYLE_LAYERS,
+                     range=StyleConfig.__dataclass_fields__["range_weight"].default)
 
     # Frame 0 stylised from scratch: the "previous output" for the warm-start measurements.
     obj0 = FrameObjective(enc, contents[0], targets, lw)

@@ -225,7 +225,8 @@ def run_clip(kind: str, args: argparse.Namespace) -> tuple[list[dict], str]:
 
         for name, extra in variants.items():
             cfg = StyleConfig(styles=(args.style,), size=args.size, iters_first=args.iters[0],
-                              iters=args.iters[1], octaves=args.octaves, weights=args.weights, **extra)
+                              iters=args.iters[1], octaves=args.octaves, range_weight=args.range_weight,
+                              weights=args.weights, **extra)
             out, work = tmp / "out.mp4", tmp / "work"
             shutil.rmtree(work, ignore_errors=True)
             t = time.perf_counter()
@@ -239,6 +240,7 @@ def run_clip(kind: str, args: argparse.Namespace) -> tuple[list[dict], str]:
             images.save_image(known.photo, photo_png)
             long_edge = max(known.photo.shape[:2])
             cfg = StyleConfig(styles=(args.style,), size=long_edge, iters_first=args.iters[0], octaves=args.octaves,
+                              range_weight=args.range_weight,
                               style_scale=max(working) / long_edge, weights=args.weights)
             t = time.perf_counter()
             stylize_image(photo_png, styled_png, cfg)
@@ -260,6 +262,9 @@ def main() -> None:
     ap.add_argument("--iters", type=_iters, default=(30, 30),
                     help="L-BFGS iterations for every frame, or FIRST,LATER (default 30)")
     ap.add_argument("--octaves", type=int, default=1, help="coarse-to-fine levels (default 1)")
+    default_range = StyleConfig.__dataclass_fields__["range_weight"].default
+    ap.add_argument("--range-weight", type=float, default=default_range,
+                    help=f"penalty on pixels outside [0, 1] (default {default_range:g}, the pipeline's)")
     ap.add_argument("--variants", default="a,b,c", help="which of a, b, c to run (default a,b,c)")
     ap.add_argument("--frames", type=int, default=6, help="frames per clip (default 6)")
     ap.add_argument("--weights", default="untrained", help="VGG-19 weights (default untrained)")

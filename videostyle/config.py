@@ -19,7 +19,7 @@ DEFAULT_STYLE_LAYERS = (("relu1_1", 1.0), ("relu2_1", 1.0), ("relu3_1", 1.0),
 # --quality presets: the settings that trade time for quality, chosen from scripts/bench.py and
 # scripts/bench_temporal.py (docs/BENCHMARKS.md). Explicit flags override a preset's values.
 QUALITY_PRESETS: dict[str, dict] = {
-    "draft": dict(size=384, iters_first=100, iters=30, octaves=2),
+    "draft": dict(size=384, iters_first=100, iters=30, octaves=1),
     "default": dict(size=512, iters_first=200, iters=60, octaves=2),
     "high": dict(size=768, iters_first=400, iters=150, octaves=3),
 }
