@@ -45,24 +45,31 @@ def frame_at(video: str | os.PathLike, at: float | None) -> tuple[SourceFrame, f
     if at is not None and duration is not None and at > duration:
         raise InputError(f"--at {at:g} s is beyond the end of {str(video)!r} ({duration:.3f} s long)")
     wanted = at if at is not None else (duration / 2 if duration else None)
+    if wanted is None:  # no duration: count the frames first (one decode), then take the middle one
+        wanted = _time_of_middle_frame(info)
     frames = iter_frames(info)
-    best, best_t, start, seen = None, 0.0, None, []
+    best, best_t, start = None, 0.0, None
     try:
         for frame in frames:
             start = frame.time_s if start is None else start
             t = frame.time_s - start
-            if wanted is None:  # no duration: keep all times, choose the middle frame at the end
-                seen.append((frame, t))
-                continue
             if best is None or abs(t - wanted) < abs(best_t - wanted):
                 best, best_t = frame, t
             if t > wanted:
                 break
     finally:
         frames.close()
-    if wanted is None:
-        best, best_t = seen[len(seen) // 2]
     return best, best_t
+
+
+def _time_of_middle_frame(info) -> float:
+    """Seconds from the first frame to the middle frame, by decoding the times only (no frame kept)."""
+    frames = iter_frames(info)
+    try:
+        times = [frame.time_s for frame in frames]
+    finally:
+        frames.close()
+    return times[len(times) // 2] - times[0] if times else 0.0
 
 
 def preview_frame(video: str | os.PathLike, output: str | os.PathLike, cfg: StyleConfig, *,
