@@ -372,7 +372,8 @@ def _preview_or_sheet(args: argparse.Namespace) -> int:
     if args.command == "preview":
         cfg = _style_config(args, video=False)
         output = args.output or str(Path(args.input).with_name(f"{Path(args.input).stem}_preview.png"))
-        shot = preview.preview_frame(args.input, output, cfg, at=args.at, device=args.device)
+        shot = preview.preview_frame(args.input, output, cfg, at=args.at, device=args.device,
+                                     precision=args.precision)
         if not args.quiet:
             print(f"wrote {output}: frame at {shot.time_s:.3f} s stylised in {shot.seconds:.1f} s "
                   f"({cfg.iters_first} iterations at {shot.size[0]}x{shot.size[1]} px)")
@@ -385,7 +386,8 @@ def _preview_or_sheet(args: argparse.Namespace) -> int:
     args.content_weight, args.style_weight = content_weights[0], style_weights[0]
     cfg = _style_config(args, video=False)
     result = sheet.contact_sheet(args.input, args.output, cfg, content_weights=content_weights,
-                                 style_weights=style_weights, at=args.at, device=args.device)
+                                 style_weights=style_weights, at=args.at, device=args.device,
+                                 precision=args.precision)
     if not args.quiet:
         print(f"wrote {args.output}: {result.rows} styles x {result.columns} weight settings, frame at "
               f"{result.time_s:.3f} s, {result.seconds:.1f} s")

@@ -73,14 +73,14 @@ def _time_of_middle_frame(info) -> float:
 
 
 def preview_frame(video: str | os.PathLike, output: str | os.PathLike, cfg: StyleConfig, *,
-                  at: float | None = None, device: str = "auto") -> Shot:
+                  at: float | None = None, device: str = "auto", precision: str = "fp32") -> Shot:
     """Stylise the frame nearest ``at`` alone (``cfg.iters_first`` iterations) into the image ``output``."""
     from .pipeline import check_image_output, pick_device, stylise_still
 
     output = check_image_output(output)
     frame, t = frame_at(video, at)
     t0 = time.monotonic()
-    rgb, _ = stylise_still(frame.rgb, cfg, device=pick_device(device))
+    rgb, _ = stylise_still(frame.rgb, cfg, device=pick_device(device), precision=precision)
     seconds = time.monotonic() - t0
     tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
     images.save_image(rgb, tmp)

@@ -89,7 +89,7 @@ def compose(cells: Sequence[Sequence[tuple[np.ndarray | None, str]]], cell: tupl
 
 def contact_sheet(video: str | os.PathLike, output: str | os.PathLike, cfg: StyleConfig, *,
                   content_weights: Sequence[float], style_weights: Sequence[float], at: float | None = None,
-                  device: str = "auto") -> SheetResult:
+                  device: str = "auto", precision: str = "fp32") -> SheetResult:
     """Render the frame nearest ``at`` with each of ``cfg.styles`` (alone, no blend) and each weight
     combination into the PNG ``output`` (see module docstring)."""
     from .pipeline import check_image_output, pick_device, stylise_still
@@ -108,7 +108,7 @@ def contact_sheet(video: str | os.PathLike, output: str | os.PathLike, cfg: Styl
         row = [(_thumbnail(images.load_image(style), working), f"style {name}")]
         for cw, sw in combos:
             one = replace(cfg, styles=(style,), style_weights=(), content_weight=cw, style_weight=sw)
-            rgb, _ = stylise_still(frame.rgb, one, device=dev)
+            rgb, _ = stylise_still(frame.rgb, one, device=dev, precision=precision)
             row.append((rgb, f"{name} c{cw:g} s{sw:g}"))
         cells.append(row)
     sheet = compose(cells, working)
