@@ -10,6 +10,8 @@ Convention:
 
 from __future__ import annotations
 
+import errno
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -326,3 +328,46 @@ def decoded_audio_span(path: str | Path) -> tuple[str, float, float]:
         frames = [(frame.time, frame.samples / frame.sample_rate) for frame in container.decode(stream)]
         codec = stream.codec_context.name
     return codec, frames[0][0], frames[-1][0] + frames[-1][1]
+
+
+class FullDisk:
+    """A seekable binary file that fails with ENOSPC once ``limit`` bytes have been written."""
+
+    def __init__(self, path, limit: int):
+        self._file = open(path, "wb")
+        self._written = 0
+        self._limit = limit
+
+    def write(self, data) -> int:
+        if self._written + len(data) > self._limit:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._written += len(data)
+        return self._file.write(data)
+
+    def seek(self, offset, whence=0):
+        return self._file.seek(offset, whence)
+
+    def tell(self):
+        return self._file.tell()
+
+    def close(self):
+        self._file.close()
+
+
+def full_disk_on_write(monkeypatch, limit: int) -> list[FullDisk]:
+    """Make every ``av.open(..., "w")`` write to a :class:`FullDisk` that fills up at ``limit`` bytes.
+
+    Returns the list the disks are appended to; close them after the test (PyAV leaves Python file
+    objects it was given open).
+    """
+    real_open = av.open
+    disks: list[FullDisk] = []
+
+    def open_on_full_disk(file, mode="r", **kwargs):
+        if mode == "w":
+            disks.append(FullDisk(file, limit))
+            return real_open(disks[-1], mode, **kwargs)
+        return real_open(file, mode, **kwargs)
+
+    monkeypatch.setattr(av, "open", open_on_full_disk)
+    return disks

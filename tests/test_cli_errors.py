@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clips import make_audio_only, make_clip, truncate_file
+from clips import full_disk_on_write, make_audio_only, make_clip, truncate_file
 from PIL import Image
 
 from videostyle import pipeline
@@ -257,39 +257,12 @@ def test_disk_full_while_writing_frames_keeps_finished_frames(tmp_path, style, c
 
 
 def test_disk_full_while_encoding_keeps_the_frames(tmp_path, style, capsys, monkeypatch):
-    import av
     src = make_clip(tmp_path / "in.mp4", n_frames=3)
     out, work = tmp_path / "out.mp4", tmp_path / "out.mp4.videostyle-work"
-    real_open = av.open
-    disks = []
-
-    class FullDisk:
-        """A file that fails with ENOSPC after 2 kB."""
-        def __init__(self, path):
-            self.file, self.written = open(path, "wb"), 0
-
-        def write(self, data):
-            if self.written + len(data) > 2048:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            self.written += len(data)
-            return self.file.write(data)
-
-        def seek(self, offset, whence=0):
-            return self.file.seek(offset, whence)
-
-        def tell(self):
-            return self.file.tell()
-
-    def open_on_full_disk(file, mode="r", **kwargs):
-        if mode == "w":
-            disks.append(FullDisk(file))
-            return real_open(disks[-1], mode, **kwargs)
-        return real_open(file, mode, **kwargs)
-
-    monkeypatch.setattr(av, "open", open_on_full_disk)
+    disks = full_disk_on_write(monkeypatch, limit=2048)
     code = _stylize(src, out, style, "--crf", "0")
     for disk in disks:
-        disk.file.close()
+        disk.close()
     assert code == 2
     assert capsys.readouterr().err.splitlines() == [
         f"videostyle: error: disk full while writing {str(out)!r} (No space left on device); 3 stylised frames "

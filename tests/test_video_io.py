@@ -19,6 +19,7 @@ import pytest
 from clips import (
     first_sound_s,
     frame_pattern,
+    full_disk_on_write,
     identify_frame,
     make_audio_only,
     make_clip,
@@ -436,44 +437,11 @@ def test_check_output_path_accepts_supported_extensions_any_case(tmp_path):
     assert check_output_path(tmp_path / "x.mkv", input_path=tmp_path / "in.mp4") == tmp_path / "x.mkv"
 
 
-class _FullDisk:
-    """A seekable binary file that fails with ENOSPC once ``limit`` bytes have been written."""
-
-    def __init__(self, path: str, limit: int):
-        self._file = open(path, "wb")
-        self._written = 0
-        self._limit = limit
-
-    def write(self, data) -> int:
-        if self._written + len(data) > self._limit:
-            raise OSError(28, os.strerror(28))
-        self._written += len(data)
-        return self._file.write(data)
-
-    def seek(self, offset, whence=0):
-        return self._file.seek(offset, whence)
-
-    def tell(self):
-        return self._file.tell()
-
-    def close(self):
-        self._file.close()
-
-
 def test_disk_full_gives_output_error_and_removes_temp_file(tmp_path, monkeypatch):
     info = probe_video(make_clip(tmp_path / "a.mp4", size=(128, 96), n_frames=24))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    real_open = av.open
-    disks: list[_FullDisk] = []
-
-    def open_on_full_disk(file, mode="r", **kwargs):
-        if mode == "w":  # the encoder's temp file: its bytes go to a disk that fills up at 4 kB
-            disks.append(_FullDisk(file, limit=4096))
-            return real_open(disks[-1], mode, **kwargs)
-        return real_open(file, mode, **kwargs)
-
-    monkeypatch.setattr(av, "open", open_on_full_disk)
+    disks = full_disk_on_write(monkeypatch, limit=4096)  # the encoder's temp file fills up at 4 kB
     with pytest.raises(OutputError) as excinfo:
         encode_video(
             ((f.rgb, f.pts) for f in iter_frames(info)),
