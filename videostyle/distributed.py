@@ -437,25 +437,15 @@ def stylize_video_ray(source, output, cfg: StyleConfig, opts: RunOptions, *, pro
     """
     ray = import_ray()
     from .features import resolve_weights
-    from .video.encode import check_output_path
 
-    output = Path(output)
-    cfg = pipeline._with_absolute_paths(cfg)
-    info = probe_video(source)
-    check_output_path(output, input_path=source)
-    if opts.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    plan = pipeline.plan_run(source, output, cfg, opts)
+    cfg, info, output, working, out_size = plan.cfg, plan.info, plan.output, plan.working, plan.out_size
     if opts.ray_cpus < 1:
         raise ValueError(f"--ray-cpus must be at least 1, got {opts.ray_cpus}")
     if cfg.passes > 1:
         raise InputError("--passes needs the whole video in one process: run it without --ray")
     estimate = pipeline.estimated_frame_count(info)
-    working = images.working_size(info.width, info.height, cfg.size)
-    out_size = (info.width, info.height) if opts.output_size == "source" else working
-    pipeline.check_encodable(out_size, source_size=(info.width, info.height))
-    pipeline.check_working_size(cfg, working)
-    pipeline.check_memory((info.width, info.height), out_size)
-    workdir = (Path(opts.workdir) if opts.workdir else pipeline.default_workdir(output)).resolve()
+    workdir = plan.workdir.resolve()  # the tasks get absolute paths
     cuts = _scene_cuts(info, workdir, opts)
     segments = plan_segments(estimate, length=opts.segment_frames, overlap=opts.segment_overlap, cuts=cuts)
     seg_root = workdir / SEGMENTS
@@ -464,10 +454,7 @@ def stylize_video_ray(source, output, cfg: StyleConfig, opts: RunOptions, *, pro
         planned -= sum(_journaled(seg_root / s.name) for s in segments)
     pipeline.check_disk_space(workdir, working, planned)
     weights_id = resolve_weights(cfg.weights).weights_id  # the workers must resolve the same
-    run_opts = replace(opts, workdir=str(workdir), restart=False)
-    manifest = pipeline.build_manifest(cfg, info, weights_id, working, output=output, opts=run_opts)
-    work = WorkDir.open(workdir, manifest, restart=opts.restart)
-    pipeline._note_resume(work, manifest)
+    work, manifest = pipeline.open_run_workdir(replace(plan, workdir=workdir), weights_id, opts)
     work.update_manifest(segments=[s.to_dict() for s in segments], scene_cuts=cuts if opts.scene_cuts else None)
     resumed_from = sum(_journaled(seg_root / s.name) for s in segments)
 

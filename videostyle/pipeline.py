@@ -203,28 +203,14 @@ def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
     if opts.ray is not None:  # many workers: segments of the video as Ray tasks (videostyle.distributed)
         from .distributed import stylize_video_ray
         return stylize_video_ray(source, output, cfg, opts, progress=progress)
-    output = Path(output)
-    cfg = _with_absolute_paths(cfg)  # the manifest must work from any directory (`videostyle resume`)
-    info = probe_video(source)
-    # Everything that can be checked is checked before the (possibly hours of) work starts.
-    check_output_path(output, input_path=source)
-    if opts.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {opts.batch_size}")
-    device = pick_device(opts.device)
-    working = images.working_size(info.width, info.height, cfg.size)
-    out_size = (info.width, info.height) if opts.output_size == "source" else working
-    check_encodable(out_size, source_size=(info.width, info.height))
-    check_working_size(cfg, working)
-    check_memory((info.width, info.height), out_size)
-    workdir = Path(opts.workdir) if opts.workdir else default_workdir(output)
+    plan = plan_run(source, output, cfg, opts)
+    cfg, info, output, working, workdir = plan.cfg, plan.info, plan.output, plan.working, plan.workdir
     check_disk_space(workdir, working, estimated_frame_count(info))
+    device = pick_device(opts.device)
     reference = _first_frame(info, working, device) if cfg.preserve_colors else None
     stylizer = Stylizer(cfg, device=device, working_size=working, colour_reference=reference,
                         precision=opts.precision)
-    run_opts = replace(opts, workdir=str(workdir.resolve()), restart=False)
-    manifest = build_manifest(cfg, info, stylizer.weights.weights_id, working, output=output, opts=run_opts)
-    work = WorkDir.open(workdir, manifest, restart=opts.restart)
-    _note_resume(work, manifest)
+    work, _ = open_run_workdir(plan, stylizer.weights.weights_id, opts)
     resumed_from = work.finished_count
     t0 = time.monotonic()
     total = work.manifest.get("frame_count")
@@ -241,12 +227,58 @@ def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
                                        verbose=opts.verbose)
         done_now += done_later
     elapsed = time.monotonic() - t0
-    _encode_journaled(final, info, output, out_size, opts)
+    _encode_journaled(final, info, output, plan.out_size, opts)
     summary = RunSummary(output, work.finished_count, resumed_from,
                          elapsed / done_now if done_now else 0.0, stylizer.weights.weights_id, workdir)
     if not opts.keep_workdir:
         work.remove()
     return summary
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A video run as checked before any work (:func:`plan_run`); sizes are ``(W, H)`` px.
+
+    ``cfg`` has absolute style (and weights) paths; ``workdir`` is as given (or the default beside the
+    output), not resolved, so messages show the user's path.
+    """
+
+    cfg: StyleConfig
+    info: VideoInfo
+    output: Path
+    working: tuple[int, int]
+    out_size: tuple[int, int]
+    workdir: Path
+
+
+def plan_run(source: str | os.PathLike, output: str | os.PathLike, cfg: StyleConfig,
+             opts: RunOptions) -> RunPlan:
+    """Probe the source and check everything that can be checked before the (possibly hours of) work
+    starts, for a single-process or a ``--ray`` run alike (the disk space check needs the run's frame
+    count and is left to the caller)."""
+    output = Path(output)
+    cfg = _with_absolute_paths(cfg)  # the manifest must work from any directory (`videostyle resume`)
+    info = probe_video(source)
+    check_output_path(output, input_path=source)
+    if opts.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    working = images.working_size(info.width, info.height, cfg.size)
+    out_size = (info.width, info.height) if opts.output_size == "source" else working
+    check_encodable(out_size, source_size=(info.width, info.height))
+    check_working_size(cfg, working)
+    check_memory((info.width, info.height), out_size)
+    workdir = Path(opts.workdir) if opts.workdir else default_workdir(output)
+    return RunPlan(cfg, info, output, working, out_size, workdir)
+
+
+def open_run_workdir(plan: RunPlan, weights_id: str, opts: RunOptions) -> tuple[WorkDir, dict]:
+    """Create or resume the run's work dir (refused when it belongs to another run); returns it and this
+    run's manifest (on a resume, the work dir keeps the manifest it was made with)."""
+    run_opts = replace(opts, workdir=str(plan.workdir.resolve()), restart=False)
+    manifest = build_manifest(plan.cfg, plan.info, weights_id, plan.working, output=plan.output, opts=run_opts)
+    work = WorkDir.open(plan.workdir, manifest, restart=opts.restart)
+    _note_resume(work, manifest)
+    return work, manifest
 
 
 def _first_frame(info: VideoInfo, working: tuple[int, int], device: torch.device) -> torch.Tensor:
