@@ -7,6 +7,7 @@ Convention:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -19,9 +20,15 @@ from .features import VGGEncoder
 
 @dataclass(frozen=True)
 class StyleTargets:
-    """Blended Gram matrices of the style image(s): ``{layer: (1, C, C)}``, computed once per run."""
+    """Blended Gram matrices of the style image(s): ``{layer: (1, C, C)}``, computed once per run, and
+    their :func:`~videostyle.losses.power` (the style losses' normalisers)."""
 
     grams: dict[str, torch.Tensor]
+
+    @functools.cached_property
+    def powers(self) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return {layer: losses.power(g) for layer, g in self.grams.items()}
 
 
 def compute_style_targets(encoder: VGGEncoder, style_images: Sequence[torch.Tensor],
@@ -84,9 +91,8 @@ class FrameObjective:
         with torch.no_grad():
             feats = encoder(content)
             self.content_targets = {layer: feats[layer] for layer in weights.content_layers}
-            # The loss normalisers, once per frame instead of once per iteration.
+            # The content loss normalisers once per frame (the style ones once per run, in targets).
             self.content_powers = {layer: losses.power(t) for layer, t in self.content_targets.items()}
-            self.style_powers = {layer: losses.power(targets.grams[layer]) for layer in weights.style_layers}
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Returns ``(total, parts)``; parts are the weighted terms (scalars, still in the graph)."""
@@ -95,7 +101,7 @@ class FrameObjective:
         content = sum(lw * losses.content_loss(feats[layer], self.content_targets[layer],
                                                self.content_powers[layer])
                       for layer, lw in w.content_layers.items())
-        style = sum(lw * losses.style_loss(feats[layer], self.targets.grams[layer], self.style_powers[layer])
+        style = sum(lw * losses.style_loss(feats[layer], self.targets.grams[layer], self.targets.powers[layer])
                     for layer, lw in w.style_layers.items())
         parts = {"content": w.content * content, "style": w.style * style}
         if self.temporal:
