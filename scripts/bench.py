@@ -8,8 +8,8 @@
     to relu5_1 at the same size: the overhead ratio; one row per --precisions entry;
 (2) iterations (full-size equivalents: an iteration at 1/2 size counts 1/4) and seconds to reach a
     loss threshold on one real frame, from scratch (content init), warm start (previous stylised frame
-    warped by DIS flow), and warm start + coarse-to-fine (2 and 3 octaves); the threshold is what from
-    scratch reaches after --ref-iters iterations;
+    warped by DIS flow; the default --init, and --init prev-warped), and warm start + coarse-to-fine
+    (2 and 3 octaves); the threshold is what from scratch reaches after --ref-iters iterations;
 (3) end-to-end frames per second of `videostyle stylize` at --quality (its iterations and octaves, at
     --size) on the first --frames frames of a real clip, decode, flow, journal and encode included;
 (4) peak memory (process max RSS on CPU; max allocated on CUDA), and with --check-size WxH whether
@@ -42,7 +42,7 @@ from videostyle.optimise import (FrameObjective, LossWeights, TemporalTerm,  # n
                                  compute_style_targets, octave_sizes, stylise_coarse_to_fine,
                                  stylise_frame)
 from videostyle.pipeline import pick_device, stylize_video  # noqa: E402
-from videostyle.temporal import initial_image, mask_tensor, warp_previous  # noqa: E402
+from videostyle.temporal import initial_image, mask_tensor, warm_start_mask, warp_previous  # noqa: E402
 
 STYLE_LAYERS = {f"relu{i}_1": 0.2 for i in range(1, 6)}
 
@@ -141,7 +141,8 @@ def main() -> None:
     est = FlowEstimator("dis")
     small = [images.resize_rgb(f, size) for f in frames]
     back, fwd = est(small[1], small[0]), est(small[0], small[1])
-    mask = mask_tensor(reliability_mask(back, fwd), device)
+    reliable = reliability_mask(back, fwd)
+    mask = mask_tensor(reliable, device)
     warped = warp_previous(prev, back)
     temporal = [TemporalTerm(warped, mask, StyleConfig.__dataclass_fields__["temporal_weight"].default)]
     objective = FrameObjective(enc, contents[1], targets, lw, temporal)
@@ -196,18 +197,21 @@ def main() -> None:
                 return cost + j + 1
         return float("inf")
 
-    warm_init = initial_image("prev-warped", content=contents[1], previous=prev, warped_previous=warped,
-                              mask=mask)
+    def warm_init(mode: str):
+        return initial_image(mode, content=contents[1], previous=prev, warped_previous=warped,
+                             mask=mask_tensor(warm_start_mask(mode, back, reliable), device))
+
     runs = {"from scratch": (t_ref, ref.history, ())}
-    t = time.perf_counter()
-    warm = stylise_frame(objective, warm_init, iterations=args.ref_iters)
-    runs["warm start"] = (time.perf_counter() - t, warm.history, ())
+    for mode in (StyleConfig.init, "prev-warped"):  # the default, and content wherever the flow is unreliable
+        t = time.perf_counter()
+        warm = stylise_frame(objective, warm_init(mode), iterations=args.ref_iters)
+        runs[f"warm start (--init {mode})"] = (time.perf_counter() - t, warm.history, ())
     for octaves in (2, 3):
         levels = len(octave_sizes(*contents[1].shape[-2:], octaves))
         if levels < octaves:
             continue  # too small for this many octaves: the same run as fewer octaves
         t = time.perf_counter()
-        c2f = stylise_coarse_to_fine(enc, contents[1], warm_init, targets, lw, temporal,
+        c2f = stylise_coarse_to_fine(enc, contents[1], warm_init(StyleConfig.init), targets, lw, temporal,
                                      iterations=args.ref_iters, coarse_iterations=args.coarse_iters,
                                      octaves=octaves)
         runs[f"warm + c2f, {octaves} octaves"] = (time.perf_counter() - t, c2f.history,

@@ -13,8 +13,9 @@ Each is stylised by the real pipeline (`stylize_video`), at the same L-BFGS iter
 (--iters for every frame, or FIRST,LATER; --octaves coarse-to-fine levels, 1 by default as measured
 before the speed work), as
     (a) independent frames      --init content     --temporal-weight 0
-    (b) warm start only         --init prev-warped --temporal-weight 0
-    (c) warm start + temporal   --init prev-warped --temporal-weight W   (for each W in --temporal-weights)
+    (b) warm start only         --init INIT --temporal-weight 0
+    (c) warm start + temporal   --init INIT --temporal-weight W   (for each W in --temporal-weights)
+(--init: prev-warped-inside, the default, or prev-warped)
 Columns (E = mean_t sum M_t |O_t - warp(O_t-1)|^2 / (3 sum M_t), pixels in [0, 1]):
     E frames   E of the stylised frames as the optimiser wrote them (lossless PNGs of the work dir),
                flow and mask by DIS on the source, as `videostyle evaluate` measures them
@@ -178,9 +179,9 @@ def run_clip(kind: str, args: argparse.Namespace) -> tuple[list[dict], str]:
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = {"(a) independent": dict(init="content", temporal_weight=0.0),
-                "(b) warm start": dict(init="prev-warped", temporal_weight=0.0)}
+                "(b) warm start": dict(init=args.init, temporal_weight=0.0)}
     for w in args.temporal_weights.split(","):
-        variants[f"(c) warm+temporal {float(w):g}"] = dict(init="prev-warped", temporal_weight=float(w))
+        variants[f"(c) warm+temporal {float(w):g}"] = dict(init=args.init, temporal_weight=float(w))
     wanted = args.variants.split(",")
     variants = {name: extra for name, extra in variants.items() if name[1] in wanted}
     working = images.working_size(4, 3, args.size)
@@ -265,6 +266,8 @@ def main() -> None:
     default_range = StyleConfig.__dataclass_fields__["range_weight"].default
     ap.add_argument("--range-weight", type=float, default=default_range,
                     help=f"penalty on pixels outside [0, 1] (default {default_range:g}, the pipeline's)")
+    ap.add_argument("--init", default=StyleConfig.init, choices=("prev-warped-inside", "prev-warped"),
+                    help=f"init of later frames in (b) and (c) (default {StyleConfig.init})")
     ap.add_argument("--variants", default="a,b,c", help="which of a, b, c to run (default a,b,c)")
     ap.add_argument("--frames", type=int, default=6, help="frames per clip (default 6)")
     ap.add_argument("--weights", default="untrained", help="VGG-19 weights (default untrained)")

@@ -1,8 +1,9 @@
 import numpy as np
 import torch
+import pytest
 
 from videostyle import features, losses, optimise
-from videostyle.temporal import initial_image, long_term_masks
+from videostyle.temporal import initial_image, long_term_masks, warm_start_mask
 
 STYLE_LAYERS = {"relu1_1": 0.2, "relu2_1": 0.2, "relu3_1": 0.2, "relu4_1": 0.2, "relu5_1": 0.2}
 
@@ -78,7 +79,7 @@ def test_long_term_masks_count_each_pixel_once_closest_first():
     np.testing.assert_array_equal(out[4], [[0, 0, 1, 0]])
 
 
-def test_prev_warped_init_fills_unreliable_pixels_from_content():
+def test_prev_warped_init_takes_content_where_the_mask_is_0():
     content = torch.zeros(1, 3, 2, 2)
     warped = torch.ones(1, 3, 2, 2)
     mask = torch.tensor([[1.0, 0.0], [0.0, 1.0]])[None, None]
@@ -106,3 +107,31 @@ def test_range_weight_keeps_pixels_in_range_so_the_final_clamp_changes_little():
         outside[range_weight] = float((last[-1] - last[-1].clamp(0, 1)).abs().mean())
         assert ("range" in result.losses) == (range_weight > 0)
     assert outside[100.0] < 0.25 * outside[0.0]
+
+
+def test_warm_start_mask_keeps_the_warp_wherever_the_flow_stays_in_the_frame():
+    flow = np.zeros((3, 4, 2), np.float32)
+    flow[..., 0] = 1.5  # every pixel comes from 1.5 px to its right: the last two columns from outside
+    flow[0, 0, 1] = -0.5  # and the top-left one from above the frame
+    inside = warm_start_mask("prev-warped-inside", flow)
+    np.testing.assert_array_equal(inside, [[0, 1, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]])
+    reliable = np.array([[1, 0, 1, 0]] * 3, np.float32)
+    np.testing.assert_array_equal(warm_start_mask("prev-warped", flow, reliable), reliable)
+    with pytest.raises(ValueError, match="prev-warped init needs the flow's reliability mask"):
+        warm_start_mask("prev-warped", flow)
+
+
+@pytest.mark.parametrize("init, from_warp", [("prev-warped-inside", [1, 1, 0, 0]), ("prev-warped", [0, 0, 0, 0])])
+def test_video_warm_start_takes_content_only_where_the_init_mode_says(init, from_warp):
+    """Flow all unreliable (a fast pan, say), the last two columns entering from outside the frame."""
+    from videostyle.config import StyleConfig
+    from videostyle.pipeline import _init_and_temporal
+
+    cfg = StyleConfig(styles=("s.png",), init=init)
+    content, previous = torch.zeros(1, 3, 3, 4), torch.ones(1, 3, 3, 4)
+    flow = np.zeros((3, 4, 2), np.float32)
+    flow[..., 0] = 1.5
+    init_image, temporal = _init_and_temporal(cfg, 1, content, {0: previous}, {1: flow},
+                                              {1: np.zeros((3, 4), np.float32)}, torch.Generator())
+    assert init_image[0, 0].tolist() == [from_warp] * 3
+    assert len(temporal) == 1 and float(temporal[0].mask.sum()) == 0.0

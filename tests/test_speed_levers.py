@@ -114,7 +114,7 @@ def _frame(i: int) -> tuple[int, int, np.ndarray]:
 def test_frame_writer_journals_every_submitted_frame_in_order(tmp_path):
     work = _workdir(tmp_path)
     written = []
-    with FrameWriter(work, after_write=written.append) as writer:
+    with FrameWriter(work, after_write=lambda index, pts, rgb: written.append(index)) as writer:
         writer.submit([_frame(0), _frame(1)])
         writer.submit([])
         writer.submit([_frame(2)])

@@ -132,7 +132,10 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
                        help="iterations per frame in passes after the first (default: the later-frame --iters)")
     if video:
         t = p.add_argument_group("temporal coherence")
-        t.add_argument("--init", choices=INITS, default="prev-warped", help="init of later frames")
+        t.add_argument("--init", choices=INITS, default="prev-warped-inside",
+                       help="init of later frames: the previous output warped by the flow, with the content "
+                            "frame where the flow leaves the picture (prev-warped-inside, default) or "
+                            "wherever the flow is unreliable (prev-warped)")
         t.add_argument("--temporal-weight", type=float, default=50.0,
                        help="weight of the temporal consistency loss; 0 turns it off "
                             "(default 50, measured in docs/TEMPORAL.md)")

@@ -26,7 +26,7 @@ QUALITY_PRESETS: dict[str, dict] = {
 QUALITIES = tuple(QUALITY_PRESETS)
 
 INITS_FIRST = ("content", "noise")
-INITS = ("prev-warped", "prev", "content", "noise")
+INITS = ("prev-warped-inside", "prev-warped", "prev", "content", "noise")
 OPTIMIZERS = ("lbfgs", "adam")
 POOLINGS = ("avg", "max")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -48,7 +48,8 @@ class StyleConfig:
         range_weight: weight of the penalty on pixels outside [0, 1] (0: only the final clamp).
         content_layers / style_layers: ``(layer, weight)`` pairs; layer weights are normalised to sum 1.
         pooling: ``avg`` (Gatys) or ``max`` (VGG's own).
-        init_first: ``content`` or ``noise`` for frame 0; init: for later frames (``prev-warped`` Ruder).
+        init_first: ``content`` or ``noise`` for frame 0; init: for later frames (the ``prev-warped``
+            modes: Ruder's warm start, see :func:`videostyle.temporal.warm_start_mask`).
         flow: optical flow method; flow_offsets: temporal terms to frames t-k (``(1,)`` short-term only).
         tol_loss_relative: stop a frame early when the loss changes by less than this fraction per
             iteration (0 disables), as artistic-videos' ``-tol_loss_relative``.
@@ -82,7 +83,7 @@ class StyleConfig:
     style_layers: tuple[tuple[str, float], ...] = DEFAULT_STYLE_LAYERS
     pooling: str = "avg"
     init_first: str = "content"
-    init: str = "prev-warped"
+    init: str = "prev-warped-inside"  # see temporal.warm_start_mask
     flow: str = "dis"
     flow_offsets: tuple[int, ...] = (1,)
     tol_loss_relative: float = 0.0
@@ -134,7 +135,7 @@ class StyleConfig:
 
     @property
     def needs_flow(self) -> bool:
-        return self.init == "prev-warped" or self.temporal_weight > 0
+        return self.init.startswith("prev-warped") or self.temporal_weight > 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -22,14 +22,15 @@ Frame = tuple[int, int, np.ndarray]  # (index, pts, (H, W, 3) uint8 RGB)
 class FrameWriter:
     """``submit`` batches of frames; a thread writes and journals them in submission order.
 
-    ``after_write(index)`` runs on the thread once frame ``index`` is journaled (the test kill hook).
+    ``after_write(index, pts, rgb)`` runs on the thread once frame ``index`` is journaled (the streaming
+    encoder, the test kill hook).
     An error on the thread (disk full) is raised by every later :meth:`submit` and :meth:`flush`; no
     frame after the failing one is written (the journal must stay a prefix). Use as a context manager: leaving it waits for every
     submitted frame (also on Ctrl-C, so finished frames are kept).
     """
 
     def __init__(self, work: WorkDir, *, max_batches: int = 4,
-                 after_write: Callable[[int], None] | None = None):
+                 after_write: Callable[[int, int, np.ndarray], None] | None = None):
         self._work = work
         self._after_write = after_write
         # Bounded: a stalled disk eventually blocks the optimiser instead of filling memory with frames.
@@ -48,7 +49,7 @@ class FrameWriter:
                     for index, pts, rgb in batch:
                         self._work.write_frame(index, pts, rgb)
                         if self._after_write is not None:
-                            self._after_write(index)
+                            self._after_write(index, pts, rgb)
             except BaseException as exc:  # forwarded to the optimiser's thread
                 self._error = exc
             finally:

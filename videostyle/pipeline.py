@@ -1,4 +1,4 @@
-"""The video loop: probe -> decode (thread) -> flow (worker) -> optimise -> journal -> encode.
+"""The video loop: probe -> decode (thread) -> flow (worker) -> optimise -> journal (thread) -> encode (thread).
 
 Flow depends only on source frames, so :class:`~videostyle.flow.FlowWorker` computes it ahead of the
 optimiser. Every finished frame is journaled (see :mod:`videostyle.journal`), and the encoder reads
@@ -29,12 +29,13 @@ from .config import RunOptions, StyleConfig
 from .errors import InputError, OutputError, ResumeError
 from .features import LAYER_NAMES, VGGEncoder, resolve_weights
 from .flow import FlowEstimator, FlowWorker
+from .encode_stream import StreamingEncoder
 from .frame_writer import FrameWriter
 from .journal import WorkDir, file_fingerprint
 from .masks import FrameMasks, composite
 from .optimise import (FrameObjective, FrameResult, LossWeights, StyleTargets, TemporalTerm,
                        compute_style_targets, stylise_coarse_to_fine, stylise_frame)
-from .temporal import initial_image, long_term_masks, mask_tensor, warp_previous
+from .temporal import initial_image, long_term_masks, mask_tensor, warm_start_mask, warp_previous
 from .video.decode import FramePrefetcher, iter_frames
 from .video.encode import check_output_path, encode_video, remove_partial_outputs
 from .video.probe import VideoInfo, probe_video
@@ -215,11 +216,24 @@ def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
     t0 = time.monotonic()
     total = work.manifest.get("frame_count")
     done_now = 0
-    if total is None or work.finished_count < total:
-        done_now = _stylise_frames(info, stylizer, work, working, progress=progress, verbose=opts.verbose,
-                                   batch_size=opts.batch_size,
-                                   snapshots=_snapshot_writer(output, opts.save_every))
-        work.update_manifest(frame_count=work.finished_count)  # decoding is complete: the real count
+    remove_partial_outputs(output)  # what an encode killed earlier left beside the output
+    # One pass: the output is encoded while frames are made. More passes: the last pass's frames are
+    # the output, encoded at the end.
+    encoder = None
+    if cfg.passes == 1:
+        encoder = StreamingEncoder(work, info, output, plan.out_size, crf=opts.crf, preset=opts.preset,
+                                   before_frame=_encode_kill_hook)
+    try:
+        if total is None or work.finished_count < total:
+            done_now = _stylise_frames(info, stylizer, work, working, progress=progress, verbose=opts.verbose,
+                                       batch_size=opts.batch_size,
+                                       snapshots=_snapshot_writer(output, opts.save_every),
+                                       on_journaled=encoder.add if encoder is not None else None)
+            work.update_manifest(frame_count=work.finished_count)  # decoding is complete: the real count
+    except BaseException:
+        if encoder is not None:
+            encoder.abort()  # no output; the frames are journaled
+        raise
     final = work
     if cfg.passes > 1:
         from .passes import run_passes
@@ -227,7 +241,11 @@ def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
                                        verbose=opts.verbose)
         done_now += done_later
     elapsed = time.monotonic() - t0
-    _encode_journaled(final, info, output, plan.out_size, opts)
+    if encoder is None or not encoder.finish():
+        if encoder is not None:
+            log.info("encoding while stylising failed (%s); encoding the %d journaled frames again",
+                        encoder.error, final.finished_count)
+        _encode_journaled(final, info, output, plan.out_size, opts)
     summary = RunSummary(output, work.finished_count, resumed_from,
                          elapsed / done_now if done_now else 0.0, stylizer.weights.weights_id, workdir)
     if not opts.keep_workdir:
@@ -346,8 +364,7 @@ def _encode_journaled(work: WorkDir, info: VideoInfo, output: Path, out_size: tu
 
     def frames():
         for i, pts in enumerate(pts_list):
-            if i == min(2, len(pts_list) - 1):
-                _test_kill_point("encode")
+            _encode_kill_hook(i)
             yield images.resize_rgb(work.read_frame(i), out_size), pts
 
     try:
@@ -480,10 +497,16 @@ def _test_kill_point(point: str, index: int | None = None, *,
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _encode_kill_hook(index: int) -> None:
+    """The encoder's test kill point: after two frames went to the encoder (a partial output exists)."""
+    if index == 2:
+        _test_kill_point("encode")
+
+
 def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working: tuple[int, int], *,
                     progress: ProgressFactory | None, verbose: bool, batch_size: int = 1,
                     first: int = 0, stop: int | None = None, seek: tuple[int, int] | None = None,
-                    snapshots=None) -> int:
+                    snapshots=None, on_journaled: Callable[[int, int, np.ndarray], None] | None = None) -> int:
     """Optimise and journal every frame not yet finished; returns how many were done in this call.
 
     ``snapshots``: a :class:`~videostyle.snapshots.SnapshotWriter` for frame 0 (``--save-every``).
@@ -494,6 +517,8 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
     ``iters_first``). ``work`` indexes frames by source index: its ``finished_count`` is the next
     frame to make (a Ray segment passes a view of its own work dir, see :mod:`videostyle.distributed`).
     ``seek``: a keyframe ``(index, pts)`` at or before ``first`` to start decoding at (``iter_frames``).
+    ``on_journaled(index, pts, rgb)``: called on the writer's thread, in index order, once each frame is
+    journaled (the streaming encoder).
     """
     cfg = stylizer.cfg
     device = stylizer.device
@@ -509,7 +534,12 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
     for k in range(1, lookback + 1):
         if start - k >= first:
             previous[start - k] = stylizer.to_optimised(images.to_tensor(work.read_frame(start - k), device))
-    writer = FrameWriter(work, after_write=lambda index: _test_kill_point("journal", index))
+    def after_write(index: int, pts: int, rgb: np.ndarray) -> None:
+        if on_journaled is not None:
+            on_journaled(index, pts, rgb)
+        _test_kill_point("journal", index)
+
+    writer = FrameWriter(work, after_write=after_write)
     with writer, FramePrefetcher(iter_frames(info, start=first_decoded, seek=seek)) as frames:
         records = _frame_records(frames, cfg, working)
         try:
@@ -597,7 +627,8 @@ def _init_and_temporal(cfg: StyleConfig, index: int, content: torch.Tensor,
             mask_t[k] = mask_tensor(mask, content.device)
     init = initial_image(cfg.init, content=content, previous=previous[index - 1],
                          warped_previous=warped.get(1),
-                         mask=mask_tensor(masks[1], content.device) if 1 in masks else None,
+                         mask=mask_tensor(warm_start_mask(cfg.init, flows[1], masks[1]), content.device)
+                         if cfg.init.startswith("prev-warped") and 1 in flows else None,
                          generator=generator)
     temporal = ()
     if cfg.temporal_weight > 0:

@@ -939,20 +939,20 @@ class LivePreview:
         from dataclasses import replace
 
         from .. import images
-        from ..flow import FlowEstimator, reliability_mask
+        from ..flow import FlowEstimator
         from ..pipeline import Stylizer, pick_device
-        from ..temporal import initial_image, mask_tensor, warp_previous
+        from ..temporal import initial_image, mask_tensor, warm_start_mask, warp_previous
 
         cfg = replace(self.cfg, size=max(self._size), iters_first=self.iterations, iters=self.iterations,
-                      init="prev-warped", temporal_weight=0.0, passes=1, octaves=1)  # live: speed first
+                      init="prev-warped-inside", temporal_weight=0.0, passes=1, octaves=1)  # live: speed first
         device = pick_device(self.device)
         stylizer = Stylizer(cfg, device=device, working_size=self._size)
         flow = FlowEstimator("dis", dis_preset="ultrafast")
         window = self._open_window() if self.show else None
-        return self._loop(stylizer, flow, device, window, images, reliability_mask, initial_image,
+        return self._loop(stylizer, flow, device, window, images, warm_start_mask, initial_image,
                           mask_tensor, warp_previous)
 
-    def _loop(self, stylizer, flow, device, window, images, reliability_mask, initial_image, mask_tensor,
+    def _loop(self, stylizer, flow, device, window, images, warm_start_mask, initial_image, mask_tensor,
               warp_previous):
         prev_src = prev_out = None
         last_pts = -1
@@ -969,10 +969,10 @@ class LivePreview:
             if prev_out is None:
                 init = target.clone()
             else:
-                back, fwd = flow(rgb, prev_src), flow(prev_src, rgb)
-                init = initial_image("prev-warped", content=target, previous=prev_out,
+                back = flow(rgb, prev_src)  # one flow: the warm start needs no reliability check
+                init = initial_image("prev-warped-inside", content=target, previous=prev_out,
                                      warped_previous=warp_previous(prev_out, back),
-                                     mask=mask_tensor(reliability_mask(back, fwd), device))
+                                     mask=mask_tensor(warm_start_mask("prev-warped-inside", back), device))
             result = stylizer.stylise(target, init, iterations=self.iterations).image
             out = images.to_uint8(stylizer.finish(result, content, self._done))
             prev_src, prev_out = rgb, stylizer.to_optimised(images.to_tensor(out, device))
