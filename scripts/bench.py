@@ -2,6 +2,7 @@
 
     python scripts/bench.py [--size 256] [--clip ../shared/data/videos/realshort.mp4] [--device auto]
                             [--quality draft] [--precisions fp32,bf16] [--check-size 1920x1080]
+                            [--parts 1,2,3,4]
 
 (1) seconds per optimiser iteration of the pipeline (content + style + temporal, L-BFGS, timed over a
     whole --ref-iters frame, so the optimiser's own work is counted) vs. a bare VGG-19 forward+backward
@@ -9,7 +10,8 @@
 (2) iterations (full-size equivalents: an iteration at 1/2 size counts 1/4) and seconds to reach a
     loss threshold on one real frame, from scratch (content init), warm start (previous stylised frame
     warped by DIS flow; the default --init, and --init prev-warped), and warm start + coarse-to-fine
-    (2 and 3 octaves); the threshold is what from scratch reaches after --ref-iters iterations;
+    (2 and 3 octaves; also from scratch + c2f); the threshold is what from scratch reaches after
+    --ref-iters iterations;
 (3) end-to-end frames per second of `videostyle stylize` at --quality (its iterations and octaves, at
     --size) on the first --frames frames of a real clip, decode, flow, journal and encode included;
 (4) peak memory (process max RSS on CPU; max allocated on CUDA), and with --check-size WxH whether
@@ -113,9 +115,11 @@ def main() -> None:
                     help="preset whose iterations and octaves (3) uses, at --size (default draft)")
     ap.add_argument("--precisions", default=None,
                     help="precisions for (1), comma-separated (default fp32 on CPU, fp32,bf16 on CUDA)")
+    ap.add_argument("--parts", default="1,2,3,4", help="which measurements to run (default 1,2,3,4)")
     ap.add_argument("--check-size", default=None,
                     help="also check that one iteration at WxH fits in memory (e.g. 1920x1080)")
     args = ap.parse_args()
+    parts = {int(p) for p in args.parts.split(",")}
     device = pick_device(args.device)
     if args.precisions is None:
         args.precisions = "fp32,bf16" if device.type == "cuda" else "fp32"
@@ -149,7 +153,7 @@ def main() -> None:
 
     # (1) overhead ratio, alternating the two measurements so machine load hits both alike.
     n_it = args.overhead_iters
-    for precision in args.precisions.split(","):
+    for precision in args.precisions.split(",") if 1 in parts else ():
         bare = VGGEncoder(["relu5_1"], weights, precision=precision).to(device)
         enc_p = VGGEncoder(["relu4_2", *STYLE_LAYERS], weights, precision=precision).to(device)
         objective_p = FrameObjective(enc_p, contents[1], targets, lw, temporal)
@@ -179,7 +183,31 @@ def main() -> None:
                  (f"(1) overhead ratio, {precision}: of medians / of minimums",
                   f"{tp / tb:.3f} / {min(t_pipe) / min(t_bare):.3f}")]
 
-    # (2) iterations to the threshold.
+    if 2 in parts:
+        rows += iterations_to_threshold(args, enc, contents, targets, lw, temporal, objective, prev, warped,
+                                        back, reliable, device)
+    if 3 in parts:
+        rows.append(end_to_end(args))
+    if 4 in parts:
+        if device.type == "cuda":
+            rows.append(("(4) peak CUDA memory allocated", f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"))
+        rows.append(("(4) peak process RSS", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"))
+    if args.check_size:
+        width, height = (int(v) for v in args.check_size.lower().split("x"))
+        rows.append(check_size((width, height), frames[1], enc, targets, lw, device))
+
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU, {torch.get_num_threads()} threads"
+    print(f"videostyle bench: device {device_name}, weights {weights.weights_id}, torch {torch.__version__}")
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+def iterations_to_threshold(args, enc, contents, targets, lw, temporal, objective, prev, warped, back, reliable,
+                            device) -> list[tuple[str, str]]:
+    """(2): full-size-equivalent iterations to the thresholds, from scratch, warm and with c2f."""
+    rows = []
     t = time.perf_counter()
     ref = stylise_frame(objective, contents[1], iterations=args.ref_iters)
     t_ref = time.perf_counter() - t
@@ -210,12 +238,13 @@ def main() -> None:
         levels = len(octave_sizes(*contents[1].shape[-2:], octaves))
         if levels < octaves:
             continue  # too small for this many octaves: the same run as fewer octaves
-        t = time.perf_counter()
-        c2f = stylise_coarse_to_fine(enc, contents[1], warm_init(StyleConfig.init), targets, lw, temporal,
-                                     iterations=args.ref_iters, coarse_iterations=args.coarse_iters,
-                                     octaves=octaves)
-        runs[f"warm + c2f, {octaves} octaves"] = (time.perf_counter() - t, c2f.history,
-                                                 (args.coarse_iters,) * (levels - 1))
+        for name, init in (("warm", warm_init(StyleConfig.init)), ("from scratch", contents[1])):
+            t = time.perf_counter()
+            c2f = stylise_coarse_to_fine(enc, contents[1], init, targets, lw, temporal,
+                                         iterations=args.ref_iters, coarse_iterations=args.coarse_iters,
+                                         octaves=octaves)
+            runs[f"{name} + c2f, {octaves} octaves"] = (time.perf_counter() - t, c2f.history,
+                                                        (args.coarse_iters,) * (levels - 1))
     rows.append((f"(2) thresholds: the loss from scratch after {args.ref_iters} it (converged) and 1.1x it",
                  f"{converged:.4g} / {1.1 * converged:.4g}"))
     for factor in (1.0, 1.1):
@@ -227,8 +256,11 @@ def main() -> None:
                          f"{its:g} ({its / scratch_it:.2f}x)"))
     rows.append(("    seconds for the runs above: " + " / ".join(runs),
                  " / ".join(f"{seconds:.1f}" for seconds, _, _ in runs.values())))
+    return rows
 
-    # (3) end to end on a real clip.
+
+def end_to_end(args) -> tuple[str, str]:
+    """(3): frames per second of `videostyle stylize` at --quality on the first --frames of --clip."""
     preset = QUALITY_PRESETS[args.quality]
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip.mp4"
@@ -238,24 +270,9 @@ def main() -> None:
         t = time.perf_counter()
         summary = stylize_video(clip, Path(tmp) / "out.mp4", cfg, RunOptions(device=args.device, quiet=True))
         total = time.perf_counter() - t
-    rows += [(f"(3) end to end, {summary.frames} frames, --quality {args.quality} at {args.size} px "
-              f"(iters {cfg.iters_first},{cfg.iters}, octaves {cfg.octaves})",
-              f"{summary.frames / total:.3f} frames/s ({total / summary.frames:.2f} s/frame)")]
-
-    # (4) peak memory.
-    if device.type == "cuda":
-        rows.append(("(4) peak CUDA memory allocated", f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"))
-    rows.append(("(4) peak process RSS", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"))
-    if args.check_size:
-        width, height = (int(v) for v in args.check_size.lower().split("x"))
-        rows.append(check_size((width, height), frames[1], enc, targets, lw, device))
-
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU, {torch.get_num_threads()} threads"
-    print(f"videostyle bench: device {device_name}, weights {weights.weights_id}, torch {torch.__version__}")
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        print(f"{key:<{width}}  {value}")
+    return (f"(3) end to end, {summary.frames} frames, --quality {args.quality} at {args.size} px "
+            f"(iters {cfg.iters_first},{cfg.iters}, octaves {cfg.octaves})",
+            f"{summary.frames / total:.3f} frames/s ({total / summary.frames:.2f} s/frame)")
 
 
 if __name__ == "__main__":
