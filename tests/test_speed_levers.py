@@ -74,6 +74,36 @@ def test_octaves_run_coarse_levels_first_and_reach_a_lower_loss_for_the_same_ful
     assert c2f.losses["total"] < flat.losses["total"]
 
 
+def test_a_warm_started_frame_is_optimised_at_full_size_only():
+    two, content = _stylizer(2)
+    warm = two.stylise(content, content, iterations=6, warm_started=True)
+    assert len(warm.history) == 6 and warm.image.shape == content.shape
+
+
+@pytest.mark.parametrize("init, expected", [("prev-warped-inside", [False, True, True, True]),
+                                            ("content", [False] * 4)])
+def test_video_frames_get_octaves_only_when_optimised_from_scratch(tmp_path, monkeypatch, init, expected):
+    from clips import make_clip
+    from PIL import Image
+
+    from videostyle import pipeline
+    from videostyle.cli import main
+
+    clip = make_clip(tmp_path / "in.mp4", n_frames=4, audio=None)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "s.png")
+    real, calls = pipeline.Stylizer.stylise, []
+
+    def stylise(self, *args, warm_started=False, **kwargs):
+        calls.append(warm_started)
+        return real(self, *args, warm_started=warm_started, **kwargs)
+
+    monkeypatch.setattr(pipeline.Stylizer, "stylise", stylise)
+    assert main(["stylize", str(clip), "--style", str(tmp_path / "s.png"), "-o", str(tmp_path / "o.mp4"),
+                 "--weights", "untrained", "--size", "32", "--iters", "2,1", "--octaves", "2", "--init", init,
+                 "--content-layers", "relu2_1", "--style-layers", "relu1_1", "-q"]) == 0
+    assert calls == expected
+
+
 def test_octaves_below_the_minimum_size_fall_back_to_full_size_only():
     assert optimise.octave_sizes(192, 256, 3) == [(96, 128), (192, 256)]  # 48x64 is below 64 px
     assert optimise.octave_sizes(40, 40, 2) == [(40, 40)]

@@ -86,8 +86,8 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
                    help="optimiser iterations: N, or FIRST,LATER for the first and later frames "
                         "(default: from --quality)")
     g.add_argument("--octaves", type=int, default=None,
-                   help="coarse-to-fine levels: each frame is optimised at 1/2, 1/4, ... of the size first "
-                        "(1: full size only; default: from --quality)")
+                   help="coarse-to-fine levels: a frame without a warm start (the first) is optimised at "
+                        "1/2, 1/4, ... of the size first (1: full size only; default: from --quality)")
     if weight_lists:
         g.add_argument("--content-weight", type=_float_list, default=(1.0,),
                        help="one value or a list, one sheet column each, e.g. 1,2 (default 1)")

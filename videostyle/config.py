@@ -41,8 +41,9 @@ class StyleConfig:
         size: long edge of the working resolution, px (even sizes are kept).
         style_scale: style image long edge relative to ``size``.
         iters_first / iters: optimiser iterations for the first frame / later frames (at full size).
-        octaves: coarse-to-fine levels; each frame is first optimised at 1/2, 1/4, ... of the size (as
-            many iterations per level, each ~4x cheaper than the level above), 1 = full size only.
+        octaves: coarse-to-fine levels; a frame without a warm start (the first) is first optimised at
+            1/2, 1/4, ... of the size (as many iterations per level, each ~4x cheaper than the level
+            above), 1 = full size only; warm-started frames run at full size only.
         content_weight, style_weight, tv_weight, temporal_weight: loss weights (content and style terms
             are normalised per layer by their target magnitude, see :mod:`videostyle.losses`).
         range_weight: weight of the penalty on pixels outside [0, 1] (0: only the final clamp).

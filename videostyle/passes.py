@@ -162,7 +162,7 @@ def _run_pass(p: int, order: list[int], stylizer, pass_work: WorkDir, previous, 
                 if cfg.temporal_weight > 0:
                     temporal = (TemporalTerm(warped, mask, cfg.temporal_weight),)
             result = stylizer.stylise(target, init, iterations=iterations, temporal=temporal,
-                                      evaluate_result=False)
+                                      warm_started=True, evaluate_result=False)
             kill_point(f"pass{p}-frame", j)
             rgb = images.to_uint8(stylizer.finish(result.image, content, t))
             pass_work.write_frame(j, pts[t], rgb)

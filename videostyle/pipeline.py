@@ -104,15 +104,20 @@ class Stylizer:
                                      list(self.loss_weights.style_layers))
 
     def stylise(self, content: torch.Tensor, init: torch.Tensor, *, iterations: int,
-                temporal: tuple[TemporalTerm, ...] = (), evaluate_result: bool = True,
-                on_image: Callable | None = None) -> FrameResult:
+                temporal: tuple[TemporalTerm, ...] = (), warm_started: bool = False,
+                evaluate_result: bool = True, on_image: Callable | None = None) -> FrameResult:
         """Optimise one frame: ``content`` and ``init`` ``(1, 3, H, W)`` in the optimised space
-        (:meth:`to_optimised`); coarse-to-fine when the config has ``octaves > 1`` (``iterations`` at
-        every level; ``on_image`` sees the full-size level only)."""
+        (:meth:`to_optimised`).
+
+        Coarse-to-fine (the config's ``octaves``, ``iterations`` at every level; ``on_image`` sees the
+        full-size level only) for frames optimised from scratch. A ``warm_started`` frame is optimised
+        at full size only: it inherits its large-scale structure from the frame before, and measured
+        (docs/BENCHMARKS.md), coarse levels there cost more iterations to the same loss than they save.
+        """
         kwargs = dict(optimizer=self.cfg.optimizer, learning_rate=self.cfg.learning_rate,
                       tol_loss_relative=self.cfg.tol_loss_relative, evaluate_result=evaluate_result,
                       on_image=on_image)
-        if self.cfg.octaves > 1:
+        if self.cfg.octaves > 1 and not warm_started:
             return stylise_coarse_to_fine(self.encoder, content, init, self.targets, self.loss_weights,
                                           temporal, iterations=iterations, octaves=self.cfg.octaves,
                                           **kwargs)
@@ -554,6 +559,7 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
                                                     frame_generator(cfg.seed, index))
                 iterations = cfg.iters_first if index == first else cfg.iters
                 result = stylizer.stylise(target, init, iterations=iterations, temporal=temporal,
+                                          warm_started=index != first and cfg.init.startswith("prev"),
                                           evaluate_result=False,
                                           on_image=_snapshot_hook(snapshots, stylizer, content)
                                           if index == 0 else None)
