@@ -34,13 +34,13 @@ class _Aborted(Exception):
 
 
 class StreamingEncoder:
-    """Encodes ``work``'s frames into ``output`` on a thread: the ``journaled_before`` frames already in
-    the work dir, then each frame given to :meth:`add` (call it in index order, once the frame is
+    """Encodes ``work``'s frames into ``output`` on a thread: the frames journaled in the work dir when
+    it starts, then each frame given to :meth:`add` (call it in index order, once the frame is
     journaled). End with :meth:`finish` (the output is complete) or :meth:`abort` (no output).
 
     Args:
         out_size: ``(W, H)`` px of the encoded frames (frames are resized on the encoder's thread).
-        encode_options: ``crf``, ``preset`` (as :func:`~videostyle.video.encode.encode_video`).
+        crf, preset: libx264's, as :func:`~videostyle.video.encode.encode_video` takes them.
         before_frame: called on the encoder's thread with each frame's index before it is encoded
             (the test kill hook).
         max_queued: frames waiting for the encoder; a full queue makes :meth:`add` wait, so a slow

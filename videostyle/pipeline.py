@@ -1,9 +1,11 @@
-"""The video loop: probe -> decode (thread) -> flow (worker) -> optimise -> journal (thread) -> encode (thread).
+"""The video loop: probe -> decode (thread) -> flow (worker) -> optimise -> journal (thread) -> encode
+(thread).
 
 Flow depends only on source frames, so :class:`~videostyle.flow.FlowWorker` computes it ahead of the
-optimiser. Every finished frame is journaled (see :mod:`videostyle.journal`), and the encoder reads
-the journaled frames, so an interrupted run resumes without redoing finished frames and produces the
-same frames as an uninterrupted one: the warm start always uses the saved 8-bit previous frame.
+optimiser. Every finished frame is journaled (see :mod:`videostyle.journal`), and the encoder gets only
+journaled frames (:mod:`videostyle.encode_stream`), so an interrupted run resumes without redoing
+finished frames and produces the same frames as an uninterrupted one: the warm start always uses the
+saved 8-bit previous frame.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from PIL import Image
 
 from . import __version__, colour, images
 from .config import RunOptions, StyleConfig
+from .encode_stream import StreamingEncoder
 from .errors import InputError, OutputError, ResumeError
 from .features import LAYER_NAMES, VGGEncoder, resolve_weights
 from .flow import FlowEstimator, FlowWorker
-from .encode_stream import StreamingEncoder
 from .frame_writer import FrameWriter
 from .journal import WorkDir, file_fingerprint
 from .masks import FrameMasks, composite
@@ -249,7 +251,7 @@ def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
     if encoder is None or not encoder.finish():
         if encoder is not None:
             log.info("encoding while stylising failed (%s); encoding the %d journaled frames again",
-                        encoder.error, final.finished_count)
+                     encoder.error, final.finished_count)
         _encode_journaled(final, info, output, plan.out_size, opts)
     summary = RunSummary(output, work.finished_count, resumed_from,
                          elapsed / done_now if done_now else 0.0, stylizer.weights.weights_id, workdir)
@@ -539,6 +541,7 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
     for k in range(1, lookback + 1):
         if start - k >= first:
             previous[start - k] = stylizer.to_optimised(images.to_tensor(work.read_frame(start - k), device))
+
     def after_write(index: int, pts: int, rgb: np.ndarray) -> None:
         if on_journaled is not None:
             on_journaled(index, pts, rgb)
