@@ -3,7 +3,7 @@
     python scripts/bench_temporal.py [--size 256] [--iters 30 | --iters FIRST,LATER] [--octaves 1]
                                      [--frames 6] [--weights untrained] [--temporal-weights 50]
                                      [--variants a,b,c] [--clips known,real] [--jobs N] [--threads N]
-                                     [--json out.json]
+                                     [--init prev-warped-inside|prev-warped] [--tol 0.01] [--json out.json]
 
 Two clips:
   known  KNOWN motion made here: a real photo (--photo) under a smooth camera path (pan, zoom and a
@@ -227,7 +227,7 @@ def run_clip(kind: str, args: argparse.Namespace) -> tuple[list[dict], str]:
         for name, extra in variants.items():
             cfg = StyleConfig(styles=(args.style,), size=args.size, iters_first=args.iters[0],
                               iters=args.iters[1], octaves=args.octaves, range_weight=args.range_weight,
-                              weights=args.weights, **extra)
+                              tol_loss_relative=args.tol, weights=args.weights, **extra)
             out, work = tmp / "out.mp4", tmp / "work"
             shutil.rmtree(work, ignore_errors=True)
             t = time.perf_counter()
@@ -268,6 +268,8 @@ def main() -> None:
                     help=f"penalty on pixels outside [0, 1] (default {default_range:g}, the pipeline's)")
     ap.add_argument("--init", default=StyleConfig.init, choices=("prev-warped-inside", "prev-warped"),
                     help=f"init of later frames in (b) and (c) (default {StyleConfig.init})")
+    ap.add_argument("--tol", type=float, default=0.0,
+                    help="early stop of each frame, as videostyle stylize --tol (default 0: off)")
     ap.add_argument("--variants", default="a,b,c", help="which of a, b, c to run (default a,b,c)")
     ap.add_argument("--frames", type=int, default=6, help="frames per clip (default 6)")
     ap.add_argument("--weights", default="untrained", help="VGG-19 weights (default untrained)")

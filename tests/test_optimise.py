@@ -34,6 +34,17 @@ def test_style_loss_of_result_is_far_below_that_of_the_content_frame():
     assert result.image.min() >= 0 and result.image.max() <= 1
 
 
+def test_tol_stops_once_the_loss_flattens_not_after_the_first_tiny_lbfgs_step():
+    _, content, _, _, objective = _setup()
+    result = optimise.stylise_frame(objective, content, iterations=300, tol_loss_relative=0.01)
+    h = result.history
+    assert optimise.TOL_WINDOW < result.iterations < 300 and len(h) == result.iterations
+    assert abs(h[-1 - optimise.TOL_WINDOW] - h[-1]) < 0.01 * h[-1]  # flat over the window: why it stopped
+    assert all(abs(h[i - optimise.TOL_WINDOW] - h[i]) >= 0.01 * h[i]  # and not flat any earlier
+               for i in range(optimise.TOL_WINDOW, len(h) - 1))
+    assert h[-1] < 0.1 * h[0]
+
+
 def test_adam_also_lowers_the_loss():
     _, content, _, _, objective = _setup()
     before = float(objective(content)[0])

@@ -108,7 +108,8 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
     g.add_argument("--lr", type=float, default=0.02, help="Adam learning rate (pixels in [0,1])")
     g.add_argument("--init-first", choices=INITS_FIRST, default="content", help="init of the first frame")
     g.add_argument("--tol", type=float, default=0.0,
-                   help="stop a frame when the loss changes by less than this fraction (0: off)")
+                   help="stop a frame early once its loss fell by less than this fraction over the last 10 "
+                        "iterations, --iters being the most (0: off; e.g. 0.01)")
     g.add_argument("--weights", default="auto", help="VGG-19 weights: auto|imagenet|untrained|PATH")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument(device_flag, dest="device", default="auto", help="auto|cpu|cuda|cuda:N")

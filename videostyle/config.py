@@ -52,8 +52,9 @@ class StyleConfig:
         init_first: ``content`` or ``noise`` for frame 0; init: for later frames (the ``prev-warped``
             modes: Ruder's warm start, see :func:`videostyle.temporal.warm_start_mask`).
         flow: optical flow method; flow_offsets: temporal terms to frames t-k (``(1,)`` short-term only).
-        tol_loss_relative: stop a frame early when the loss changes by less than this fraction per
-            iteration (0 disables), as artistic-videos' ``-tol_loss_relative``.
+        tol_loss_relative: stop a frame early when the loss fell by less than this fraction over the
+            last :data:`~videostyle.optimise.TOL_WINDOW` iterations (0 disables), as artistic-videos'
+            ``-tol_loss_relative`` with its interval.
         weights: ``auto|imagenet|untrained|PATH`` (see :mod:`videostyle.features`).
         seed: seeds noise init; the untrained weights have their own fixed seed.
         preserve_colors: luminance-only transfer, the output keeps the content's chroma
