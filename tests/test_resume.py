@@ -220,3 +220,18 @@ def test_finished_work_dir_only_reencodes_and_other_versions_are_warned_about(jo
         f"videostyle: warning: resuming 5 frames made with other package versions (torch 0.1 -> "
         f"{torch.__version__}); the remaining frames may differ slightly from an uninterrupted run"]
     assert _frames(work) == reference
+
+
+def test_a_run_killed_just_before_a_scene_cut_resumes_to_the_same_frames(tmp_path):
+    """The resume starts at the cut (frame 3): it decodes the frames before it again and finds the same
+    cut, so frame 3 starts afresh as in the uninterrupted run, not from the other shot."""
+    clip = make_clip(tmp_path / "two_shots.mp4", size=(96, 64), n_frames=N_FRAMES, cut_at=3, audio=None)
+    style = tmp_path / "style.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(style)
+    assert main(_args(tmp_path, clip, style, "whole")) == 0
+    argv = _args(tmp_path, clip, style, "cut")
+    killed = _spawn(argv, kill_at="journal:2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(_frames(tmp_path / "cut.work")) == 3
+    assert main(argv) == 0
+    assert _frames(tmp_path / "cut.work") == _frames(tmp_path / "whole.work")

@@ -175,3 +175,30 @@ def test_frame_writer_error_reaches_the_optimiser_and_later_frames_are_not_writt
         writer.close()
     assert sorted(work.entries) == [0]  # frame 2 came after the failure: not written
     assert not work.frame_path(2).exists()
+
+
+@pytest.mark.parametrize("cut_at, fresh", [(None, [0]), (3, [0, 3])])
+def test_a_scene_cut_starts_the_chain_afresh(tmp_path, monkeypatch, cut_at, fresh):
+    """At a hard cut the other shot must not be the warm start (its ghost would stay): the frame starts
+    from its own content with the first frame's iterations and octaves, and no temporal term."""
+    from clips import make_clip
+    from PIL import Image
+
+    from videostyle import pipeline
+    from videostyle.cli import main
+
+    clip = make_clip(tmp_path / "in.mp4", size=(96, 64), n_frames=6, cut_at=cut_at, audio=None)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "s.png")
+    real, calls = pipeline.Stylizer.stylise, []
+
+    def stylise(self, target, init, *, iterations, temporal=(), warm_started=False, **kwargs):
+        calls.append((iterations, warm_started, len(temporal), torch.equal(init, target)))
+        return real(self, target, init, iterations=iterations, temporal=temporal, warm_started=warm_started,
+                    **kwargs)
+
+    monkeypatch.setattr(pipeline.Stylizer, "stylise", stylise)
+    assert main(["stylize", str(clip), "--style", str(tmp_path / "s.png"), "-o", str(tmp_path / "o.mp4"),
+                 "--weights", "untrained", "--size", "48", "--iters", "3,1", "--octaves", "2",
+                 "--content-layers", "relu2_1", "--style-layers", "relu1_1", "-q"]) == 0
+    assert [i for i, call in enumerate(calls) if call == (3, False, 0, True)] == fresh  # content init
+    assert all(call == (1, True, 1, False) for i, call in enumerate(calls) if i not in fresh)

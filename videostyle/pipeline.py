@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import __version__, colour, images
+from . import __version__, colour, images, scenes
 from .config import RunOptions, StyleConfig
 from .encode_stream import StreamingEncoder
 from .errors import InputError, OutputError, ResumeError
@@ -520,8 +520,9 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
 
     Frames are journaled ``batch_size`` at a time (and at the end): an interruption loses at most the
     unjournaled part of one batch. ``first``/``stop``: the chain covers source frames ``first ..
-    stop-1`` (``stop=None``: to the end); frame ``first`` starts it afresh (``init_first``,
-    ``iters_first``). ``work`` indexes frames by source index: its ``finished_count`` is the next
+    stop-1`` (``stop=None``: to the end); frame ``first``, and each scene cut
+    (:func:`videostyle.scenes.is_cut` on the flow's reliability and the colours), starts it afresh
+    (``init_first``, ``iters_first``, octaves, no temporal terms). ``work`` indexes frames by source index: its ``finished_count`` is the next
     frame to make (a Ray segment passes a view of its own work dir, see :mod:`videostyle.distributed`).
     ``seek``: a keyframe ``(index, pts)`` at or before ``first`` to start decoding at (``iter_frames``).
     ``on_journaled(index, pts, rgb)``: called on the writer's thread, in index order, once each frame is
@@ -551,18 +552,30 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
     with writer, FramePrefetcher(iter_frames(info, start=first_decoded, seek=seek)) as frames:
         records = _frame_records(frames, cfg, working)
         try:
+            last_histogram = None  # of the frame before, for the scene cut test
             for index, pts, content_rgb, flows, masks in records:
+                histogram = scenes.colour_histogram(content_rgb) if cfg.needs_flow else None
+                cut = (index > first and last_histogram is not None and 1 in masks
+                       and scenes.is_cut(float(masks[1].mean()),
+                                         scenes.histogram_distance(last_histogram, histogram)))
+                last_histogram = histogram
+                if cut:  # a new shot: a warm start from the other shot would leave its ghost here
+                    for k in [k for k in previous if k < index]:
+                        del previous[k]
                 if index < start:
                     continue
                 if stop is not None and index >= stop:
                     break
+                if cut:
+                    log.info("frame %d: scene cut, starting afresh", index)
+                fresh = index == first or cut
                 content = images.to_tensor(content_rgb, device)
                 target = stylizer.to_optimised(content)
                 init, temporal = _init_and_temporal(cfg, index, target, previous, flows, masks,
                                                     frame_generator(cfg.seed, index))
-                iterations = cfg.iters_first if index == first else cfg.iters
+                iterations = cfg.iters_first if fresh else cfg.iters
                 result = stylizer.stylise(target, init, iterations=iterations, temporal=temporal,
-                                          warm_started=index != first and cfg.init.startswith("prev"),
+                                          warm_started=not fresh and cfg.init.startswith("prev"),
                                           evaluate_result=False,
                                           on_image=_snapshot_hook(snapshots, stylizer, content)
                                           if index == 0 else None)

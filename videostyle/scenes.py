@@ -1,7 +1,8 @@
 """Scene cuts: frames where the previous frame cannot be warped onto this one (consistency breaks).
 
-A ``--ray`` run starts a segment at each cut with no run-in (:func:`videostyle.distributed.plan_segments`):
-the warm start and the temporal loss already start afresh there, so a cut costs no seam.
+The video loop starts afresh at a cut (no warm start from the other shot, :func:`is_cut` on the flow it
+has anyway), and a ``--ray`` run starts a segment at each cut with no run-in
+(:func:`videostyle.distributed.plan_segments`), so a cut costs no seam.
 
 Convention:
     Frame indices are source indices (0-based, decode order). Frame ``t`` is a cut when the pair
@@ -53,6 +54,13 @@ def histogram_distance(a: np.ndarray, b: np.ndarray) -> float:
     return 0.5 * float(np.abs(a - b).sum())
 
 
+def is_cut(reliable: float, histogram_change: float, *, threshold: float = RELIABLE_BELOW,
+           histogram_threshold: float = HISTOGRAM_ABOVE) -> bool:
+    """Whether frames t-1 -> t cross a hard cut: fewer than ``threshold`` of frame t's pixels warp reliably
+    from frame t-1 (fraction 0..1) and the :func:`histogram_distance` exceeds ``histogram_threshold``."""
+    return reliable < threshold and histogram_change > histogram_threshold
+
+
 def frame_changes(info: VideoInfo, *, long_edge: int = SCAN_LONG_EDGE) -> Iterator[tuple[int, float, float]]:
     """``(t, reliable fraction, histogram distance)`` for each pair ``(t-1, t)``, ``t = 1, 2, ...``.
 
@@ -82,4 +90,4 @@ def detect_scene_cuts(info: VideoInfo, *, long_edge: int = SCAN_LONG_EDGE, thres
     frames warp well.
     """
     return [t for t, reliable, changed in frame_changes(info, long_edge=long_edge)
-            if reliable < threshold and changed > histogram_threshold]
+            if is_cut(reliable, changed, threshold=threshold, histogram_threshold=histogram_threshold)]
