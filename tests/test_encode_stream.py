@@ -104,3 +104,32 @@ def test_an_encoder_failure_mid_run_is_mended_from_the_journal(job, monkeypatch,
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
     assert (f"encoding while stylising failed (disk full while writing the output); encoding the "
             f"{N_FRAMES} journaled frames again") in caplog.messages
+
+
+def test_ctrl_c_while_waiting_for_the_encoder_leaves_no_output(tmp_path):
+    """Ctrl-C during finish() (the last frames still encoding) aborts the encoder: neither the output nor
+    its temp file is left, and the interrupt goes on."""
+    from videostyle.journal import WorkDir
+    from videostyle.video.decode import iter_frames
+    from videostyle.video.probe import probe_video
+
+    info = probe_video(make_clip(tmp_path / "in.mp4", n_frames=12, audio=None))
+    work = WorkDir.open(tmp_path / "w", {"config_hash": "x"})
+    for frame in iter_frames(info):
+        work.write_frame(frame.index, frame.pts, frame.rgb)
+    out = tmp_path / "out.mp4"
+    encoder = encode_stream.StreamingEncoder(work, info, out, (64, 48), crf=18, preset="ultrafast",
+                                             before_frame=lambda index: time.sleep(0.05))
+    real_join, joins = encoder._thread.join, []
+
+    def interrupted_join(*args):
+        joins.append(1)
+        if len(joins) == 1:
+            raise KeyboardInterrupt
+        real_join(*args)
+
+    encoder._thread.join = interrupted_join
+    with pytest.raises(KeyboardInterrupt):
+        encoder.finish()
+    assert not encoder._thread.is_alive() and encoder.error is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "w"]

@@ -69,9 +69,14 @@ class StreamingEncoder:
         self._put((index, pts, rgb))
 
     def finish(self) -> bool:
-        """Encode what is queued and close the output; False when the encoder failed (see ``error``)."""
+        """Encode what is queued and close the output; False when the encoder failed (see ``error``).
+        Interrupted while waiting (Ctrl-C), it aborts: no half-written output is left behind."""
         self._put(_END)
-        self._thread.join()
+        try:
+            self._thread.join()
+        except BaseException:
+            self.abort()
+            raise
         return self.error is None
 
     def abort(self) -> None:
