@@ -39,7 +39,7 @@ from .optimise import (FrameObjective, FrameResult, LossWeights, StyleTargets, T
                        compute_style_targets, stylise_coarse_to_fine, stylise_frame)
 from .temporal import initial_image, long_term_masks, mask_tensor, warm_start_mask, warp_previous
 from .video.decode import FramePrefetcher, iter_frames
-from .video.encode import check_output_path, encode_video, remove_partial_outputs
+from .video.encode import check_output_path, remove_partial_outputs
 from .video.probe import VideoInfo, probe_video
 
 log = logging.getLogger(__name__)
@@ -367,21 +367,16 @@ def _encode_journaled(work: WorkDir, info: VideoInfo, output: Path, out_size: tu
                       opts: RunOptions) -> None:
     """Encode the journaled frames (only these: a crash here redoes the encoding, never a frame)."""
     remove_partial_outputs(output)  # what an encode killed earlier left beside the output
-    pts_list = [work.entries[i].pts for i in range(work.finished_count)]
-
-    def frames():
-        for i, pts in enumerate(pts_list):
-            _encode_kill_hook(i)
-            yield images.resize_rgb(work.read_frame(i), out_size), pts
-
-    try:
-        encode_video(frames(), output_path=output, time_base=info.time_base, source=info, crf=opts.crf,
-                     preset=opts.preset, average_rate=info.average_rate)
-    except OutputError as exc:
-        kept, shown = work.finished_count, str(work.path)
-        raise OutputError(f"{exc}; {kept} stylised frame{'' if kept == 1 else 's'} kept in {shown!r}: fix this, "
-                          f"then rerun the same command (or `videostyle resume {shlex.quote(shown)}`) to "
-                          f"encode them") from exc
+    encoder = StreamingEncoder(work, info, output, out_size, crf=opts.crf, preset=opts.preset,
+                               before_frame=_encode_kill_hook)
+    if encoder.finish():  # no frame will be added: it encodes the journal and stops
+        return
+    if not isinstance(encoder.error, OutputError):
+        raise encoder.error
+    kept, shown = work.finished_count, str(work.path)
+    raise OutputError(f"{encoder.error}; {kept} stylised frame{'' if kept == 1 else 's'} kept in {shown!r}: fix "
+                      f"this, then rerun the same command (or `videostyle resume {shlex.quote(shown)}`) to "
+                      f"encode them") from encoder.error
 
 
 def resume_video(workdir: str | os.PathLike, *, device: str | None = None,
