@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Generic, Iterator, TypeVar
+
+from .timing import PHASES
 
 T = TypeVar("T")
 
@@ -25,15 +28,19 @@ class BackgroundIterator(Generic[T]):
         depth: queue size (items made ahead), >= 1.
         join_timeout: seconds ``close()`` waits for the thread (None: until it ends). A producer that
             blocks inside its own ``next`` cannot see the stop request; the timeout bounds that wait.
+        phase: the :data:`videostyle.timing.PHASES` entry the producer's ``next`` calls count towards
+            (None: not timed).
     """
 
     # Seconds between checks of the stop flag while the queue is full.
     _POLL_S = 0.05
 
-    def __init__(self, items: Iterator[T], *, depth: int, name: str, join_timeout: float | None = None):
+    def __init__(self, items: Iterator[T], *, depth: int, name: str, join_timeout: float | None = None,
+                 phase: str | None = None):
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self._items = items
+        self._phase = phase
         self._join_timeout = join_timeout
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
@@ -53,11 +60,18 @@ class BackgroundIterator(Generic[T]):
 
     def _run(self) -> None:
         try:
-            for item in self._items:
+            items = iter(self._items)
+            while True:
+                start = time.perf_counter()
+                try:
+                    item = next(items)
+                except StopIteration:
+                    self._put((_DONE, None))
+                    break
+                if self._phase is not None:
+                    PHASES.add(self._phase, time.perf_counter() - start)
                 if not self._put((_ITEM, item)):
                     break
-            else:
-                self._put((_DONE, None))
         except BaseException as exc:  # handed to the consumer, re-raised there
             self._put((_ERROR, exc))
         finally:

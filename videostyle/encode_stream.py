@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from . import images
 from .journal import WorkDir
+from .timing import PHASES
 from .video.encode import encode_video
 from .video.probe import VideoInfo
 
@@ -59,6 +61,7 @@ class StreamingEncoder:
         self._journaled_before = work.finished_count
         self._queue: queue.Queue = queue.Queue(maxsize=max_queued)
         self._stop = threading.Event()  # abort: skip what is queued
+        self._waited = 0.0  # seconds the encoder thread waited for frames (videostyle.timing)
         self.error: BaseException | None = None  # why the encoder stopped early, if it did
         self._thread = threading.Thread(target=self._run, name="videostyle-encoder", daemon=True)
         self._thread.start()
@@ -97,7 +100,9 @@ class StreamingEncoder:
         for index in range(self._journaled_before):
             yield self._frame(index, self._work.entries[index].pts, self._work.read_frame(index))
         while True:
+            start = time.perf_counter()
             item = self._queue.get()
+            self._waited += time.perf_counter() - start
             if item is _END:
                 return
             if item is _ABORT:
@@ -113,6 +118,7 @@ class StreamingEncoder:
 
     def _run(self) -> None:
         info = self._info
+        started, self._waited = time.perf_counter(), 0.0
         try:
             encode_video(self._frames(), output_path=self._output, time_base=info.time_base, source=info,
                          average_rate=info.average_rate, **self._options)
@@ -120,3 +126,6 @@ class StreamingEncoder:
             pass
         except BaseException as exc:  # reported by finish(); the frames are still in the journal
             self.error = exc
+        finally:
+            # Busy time: the thread's life less its waits for the optimiser's frames.
+            PHASES.add("encode", time.perf_counter() - started - self._waited)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from . import images
 from .background import BackgroundIterator
 from .errors import InputError, WeightsError
+from .timing import PHASES
 
 FLOW_METHODS = ("dis", "farneback", "raft-small", "raft-large")
 
@@ -392,8 +393,9 @@ def _frame_flows(frames: Iterable, estimator: Callable[[np.ndarray, np.ndarray],
             prev = recent.get(t - k)
             if prev is None:
                 continue
-            back[k] = estimator(cur, prev)
-            mask[k] = reliability_mask(back[k], estimator(prev, cur))
+            with PHASES.measure("flow"):
+                back[k] = estimator(cur, prev)
+                mask[k] = reliability_mask(back[k], estimator(prev, cur))
         yield FrameFlows(t, frame.rgb, back, mask, getattr(frame, "pts", None))
         recent[t] = cur
         for old in [i for i in recent if i <= t - keep]:

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from .journal import WorkDir
+from .timing import PHASES
 
 Frame = tuple[int, int, np.ndarray]  # (index, pts, (H, W, 3) uint8 RGB)
 
@@ -47,7 +48,8 @@ class FrameWriter:
                     return
                 if self._error is None:
                     for index, pts, rgb in batch:
-                        self._work.write_frame(index, pts, rgb)
+                        with PHASES.measure("write"):
+                            self._work.write_frame(index, pts, rgb)
                         if self._after_write is not None:
                             self._after_write(index, pts, rgb)
             except BaseException as exc:  # forwarded to the optimiser's thread

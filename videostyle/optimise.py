@@ -16,11 +16,16 @@ import torch
 
 from . import losses
 from .features import VGGEncoder
+from .lbfgs import LBFGS
 
 # --tol compares the loss with the loss this many iterations earlier. Comparing consecutive iterations
 # (artistic-videos' interval of 1) stopped every frame after 2 iterations: L-BFGS's first step is scaled
 # to 1/|gradient|_1, so it barely changes the loss (measured: 61.546 -> 61.535 at 256 px).
 TOL_WINDOW = 10
+
+# L-BFGS correction pairs kept (torch's default is 100): each pair is two 3 x H x W float32 vectors,
+# 10 GB for 50 pairs at 3840x2160 (videostyle.memory).
+LBFGS_HISTORY = 50
 
 
 @dataclass(frozen=True)
@@ -156,25 +161,29 @@ def stylise_frame(objective: FrameObjective, init: torch.Tensor, *, iterations: 
     the image one step before the end (the video loop uses them only for its progress line).
     """
     x = init.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
-    if optimizer == "lbfgs":
-        opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=50,
-                                tolerance_grad=0.0, tolerance_change=0.0)
+    if optimizer == "lbfgs":  # torch.optim.LBFGS's maths, without its ~100 device syncs per step
+        opt = LBFGS(x, history_size=LBFGS_HISTORY)
     elif optimizer == "adam":
         opt = torch.optim.Adam([x], lr=learning_rate)
     else:
         raise ValueError(f"optimizer must be lbfgs or adam, got {optimizer!r}")
 
+    # Losses stay on the device as 0-d tensors and are read back every TOL_WINDOW iterations, or each
+    # iteration when --tol or a progress callback needs each loss: every read-back makes the host wait
+    # for the device (docs/BENCHMARKS.md, "GPU").
+    read_every = 1 if (on_iteration is not None or tol_loss_relative > 0) else TOL_WINDOW
+    device_losses: list[torch.Tensor] = []
     history: list[float] = []
-    last_parts: dict[str, float] = {}
+    last_parts: dict[str, torch.Tensor] = {}
 
     def closure() -> torch.Tensor:
-        opt.zero_grad(set_to_none=True)
+        x.grad = None
         total, parts = objective(x)
         total.backward()
-        history.append(float(total.detach()))
+        total = total.detach()
+        device_losses.append(total)
         if not evaluate_result:
-            last_parts.update({name: float(value.detach()) for name, value in parts.items()},
-                              total=history[-1])
+            last_parts.update({name: value.detach() for name, value in parts.items()}, total=total)
         return total
 
     done = 0
@@ -182,19 +191,24 @@ def stylise_frame(objective: FrameObjective, init: torch.Tensor, *, iterations: 
         # No projection into [0, 1] between steps: clamping breaks L-BFGS's curvature pairs (measured:
         # 10x higher final style loss on a 256 px photo); the result is clamped once at the end.
         opt.step(closure)
-        loss = history[-1]
-        if on_iteration is not None:
-            on_iteration(done, loss)
         if on_image is not None:
             on_image(done, x.detach())
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss} at iteration {done}; lower the learning "
-                                     f"rate or the loss weights")
+        if done % read_every and done != iterations:
+            continue
+        first_new = len(history)
+        history += torch.stack(device_losses[first_new:]).tolist()  # one read-back for them all
+        for i in range(first_new, len(history)):
+            if on_iteration is not None:
+                on_iteration(i + 1, history[i])
+            if not math.isfinite(history[i]):
+                raise FloatingPointError(f"loss became {history[i]} at iteration {i + 1}; lower the learning "
+                                         f"rate or the loss weights")
+        loss = history[-1]
         if (tol_loss_relative > 0 and len(history) > TOL_WINDOW
                 and abs(history[-1 - TOL_WINDOW] - loss) < tol_loss_relative * abs(loss)):
             break
     result = x.detach().clamp_(0.0, 1.0)
-    final = last_parts
+    final = {name: float(value) for name, value in last_parts.items()}
     if evaluate_result or not final:
         with torch.no_grad():
             total, parts = objective(result)

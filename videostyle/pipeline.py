@@ -38,6 +38,7 @@ from .masks import FrameMasks, composite
 from .optimise import (FrameObjective, FrameResult, LossWeights, StyleTargets, TemporalTerm,
                        compute_style_targets, stylise_coarse_to_fine, stylise_frame)
 from .temporal import initial_image, long_term_masks, mask_tensor, warm_start_mask, warp_previous
+from .timing import PHASES
 from .video.decode import FramePrefetcher, iter_frames
 from .video.encode import check_output_path, remove_partial_outputs
 from .video.probe import VideoInfo, probe_video
@@ -220,6 +221,7 @@ def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
                         precision=opts.precision)
     work, _ = open_run_workdir(plan, stylizer.weights.weights_id, opts)
     resumed_from = work.finished_count
+    PHASES.reset()
     t0 = time.monotonic()
     total = work.manifest.get("frame_count")
     done_now = 0
@@ -253,6 +255,8 @@ def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
             log.info("encoding while stylising failed (%s); encoding the %d journaled frames again",
                      encoder.error, final.finished_count)
         _encode_journaled(final, info, output, plan.out_size, opts)
+    run_seconds = time.monotonic() - t0
+    log.info("busy time per phase (share of the %.1f s run): %s", run_seconds, PHASES.summary(run_seconds))
     summary = RunSummary(output, work.finished_count, resumed_from,
                          elapsed / done_now if done_now else 0.0, stylizer.weights.weights_id, workdir)
     if not opts.keep_workdir:
@@ -569,13 +573,14 @@ def _stylise_frames(info: VideoInfo, stylizer: Stylizer, work: WorkDir, working:
                 init, temporal = _init_and_temporal(cfg, index, target, previous, flows, masks,
                                                     frame_generator(cfg.seed, index))
                 iterations = cfg.iters_first if fresh else cfg.iters
-                result = stylizer.stylise(target, init, iterations=iterations, temporal=temporal,
-                                          warm_started=not fresh and cfg.init.startswith("prev"),
-                                          evaluate_result=False,
-                                          on_image=_snapshot_hook(snapshots, stylizer, content)
-                                          if index == 0 else None)
-                _test_kill_point("frame", index, before_kill=writer.flush)
-                rgb = images.to_uint8(stylizer.finish(result.image, content, index))
+                with PHASES.measure("optimise"):  # to_uint8 waits for the device: its work counts here
+                    result = stylizer.stylise(target, init, iterations=iterations, temporal=temporal,
+                                              warm_started=not fresh and cfg.init.startswith("prev"),
+                                              evaluate_result=False,
+                                              on_image=_snapshot_hook(snapshots, stylizer, content)
+                                              if index == 0 else None)
+                    _test_kill_point("frame", index, before_kill=writer.flush)
+                    rgb = images.to_uint8(stylizer.finish(result.image, content, index))
                 pending.append((index, pts, rgb))
                 if len(pending) >= batch_size:
                     writer.submit(pending)

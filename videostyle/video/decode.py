@@ -285,4 +285,4 @@ class FramePrefetcher(BackgroundIterator[SourceFrame]):
     """
 
     def __init__(self, frames: Iterator[SourceFrame], *, depth: int = 8):
-        super().__init__(frames, depth=depth, name="videostyle-decode")
+        super().__init__(frames, depth=depth, name="videostyle-decode", phase="decode")
