@@ -12,6 +12,8 @@ Convention:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # NTSC YIQ (FCC, BT.601 luma weights). Rows: Y, I, Q.
@@ -22,18 +24,33 @@ _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 _EPS = 1e-6
 
 
-def _apply(matrix: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("ij,bjhw->bihw", matrix.to(device=image.device, dtype=image.dtype), image)
+_MATRICES = {
+    "rgb_to_yiq": _RGB_TO_YIQ,
+    "yiq_to_rgb": _YIQ_TO_RGB,
+    "iq_to_rgb": _YIQ_TO_RGB[:, 1:],        # (3, 2): RGB offset from I and Q
+    "y_to_rgb": _YIQ_TO_RGB[:, 0].view(1, 3, 1, 1),  # RGB per unit of Y (each about 1)
+}
+
+
+@functools.lru_cache(maxsize=32)
+def _matrix_on(name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:data:`_MATRICES` ``[name]`` copied to ``device`` once, not once per frame (a copy to a GPU waits
+    for it)."""
+    return _MATRICES[name].to(device=device, dtype=dtype)
+
+
+def _apply(name: str, image: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("ij,bjhw->bihw", _matrix_on(name, image.device, image.dtype), image)
 
 
 def rgb_to_yiq(rgb: torch.Tensor) -> torch.Tensor:
     """``(B, 3, H, W)`` RGB in [0, 1] -> ``(B, 3, H, W)`` YIQ (channel 0 = Y in [0, 1])."""
-    return _apply(_RGB_TO_YIQ, rgb)
+    return _apply("rgb_to_yiq", rgb)
 
 
 def yiq_to_rgb(yiq: torch.Tensor) -> torch.Tensor:
     """``(B, 3, H, W)`` YIQ -> ``(B, 3, H, W)`` RGB (not clamped; exact inverse of :func:`rgb_to_yiq`)."""
-    return _apply(_YIQ_TO_RGB, yiq)
+    return _apply("yiq_to_rgb", yiq)
 
 
 def luminance(rgb: torch.Tensor) -> torch.Tensor:
@@ -72,8 +89,8 @@ def with_chroma_of(image: torch.Tensor, colour_source: torch.Tensor) -> torch.Te
     y = rgb_to_yiq(image)[:, :1]
     iq = rgb_to_yiq(colour_source)[:, 1:]
     # Per channel c: RGB_c = a_c * Y + offset_c(I, Q), with a_c > 0 (about 1).
-    a = _YIQ_TO_RGB[:, 0].to(device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
-    offset = _apply(_YIQ_TO_RGB[:, 1:], iq)  # (B, 3, H, W)
+    a = _matrix_on("y_to_rgb", image.device, image.dtype)
+    offset = _apply("iq_to_rgb", iq)  # (B, 3, H, W)
     low = ((0.0 - offset) / a).amax(dim=1, keepdim=True)
     high = ((1.0 - offset) / a).amin(dim=1, keepdim=True)
     y = torch.maximum(torch.minimum(y, high), low)
