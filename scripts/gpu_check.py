@@ -333,9 +333,8 @@ class _TorchLBFGS:
 class _GraphedObjective:
     """The objective's forward+backward captured once as a CUDA graph and replayed per call.
 
-    Called like a :class:`~videostyle.optimise.FrameObjective` by :func:`stylise_frame`: returns a total
-    whose ``backward()`` copies the replayed gradient into the caller's variable. fp32 only (autocast's
-    weight cache cannot be captured).
+    Used like a :class:`~videostyle.optimise.FrameObjective` by :func:`stylise_frame` (its
+    ``loss_and_gradient``). fp32 only (autocast's weight cache cannot be captured).
     """
 
     def __init__(self, objective: FrameObjective, example: torch.Tensor):
@@ -355,23 +354,13 @@ class _GraphedObjective:
             self.static_total.backward()
         self.static_parts = parts
 
-    def __call__(self, x: torch.Tensor):
-        graphed = self
-
-        class _Replay(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, image):
-                with torch.no_grad():
-                    graphed.static_x.copy_(image)
-                graphed.graph.replay()
-                return graphed.static_total.detach().clone()
-
-            @staticmethod
-            def backward(ctx, grad):
-                return graphed.static_x.grad * grad
-
-        total = _Replay.apply(x)
-        return total, {"total": total}
+    def loss_and_gradient(self, x: torch.Tensor):
+        """As :meth:`FrameObjective.loss_and_gradient`: replays the graph at ``x``."""
+        with torch.no_grad():
+            self.static_x.copy_(x)
+        self.graph.replay()
+        x.grad = self.static_x.grad.clone()
+        return self.static_total.detach().clone(), {name: v.detach().clone() for name, v in self.static_parts.items()}
 
 
 def graphed_objective(objective: FrameObjective, example: torch.Tensor) -> _GraphedObjective:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-_EPS = 1e-12
+EPS = 1e-12  # keeps a normaliser of an all-zero target finite
 
 
 class _Gram(torch.autograd.Function):
@@ -63,7 +63,7 @@ def normalised_mse(x: torch.Tensor, target: torch.Tensor,
     same target every iteration)."""
     if target_power is None:
         target_power = power(target)
-    return (x - target).pow(2).mean() / (target_power + _EPS)
+    return (x - target).pow(2).mean() / (target_power + EPS)
 
 
 def content_loss(features: torch.Tensor, target: torch.Tensor,

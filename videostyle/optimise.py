@@ -113,15 +113,36 @@ class FrameObjective:
                       for layer, lw in w.content_layers.items())
         style = sum(lw * losses.style_loss(feats[layer], self.targets.grams[layer], self.targets.powers[layer])
                     for layer, lw in w.style_layers.items())
-        parts = {"content": w.content * content, "style": w.style * style}
-        if self.temporal:
-            parts["temporal"] = sum(term.weight * losses.temporal_loss(image, term.warped, term.mask)
-                                    for term in self.temporal)
-        if w.tv > 0:
-            parts["tv"] = w.tv * losses.total_variation(image)
-        if w.range > 0:
-            parts["range"] = w.range * losses.range_penalty(image)
+        parts = {"content": w.content * content, "style": w.style * style,
+                 **pixel_terms(image, self.temporal, w)}
         return sum(parts.values()), parts
+
+    def loss(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(total, parts)`` of ``image`` without a graph."""
+        with torch.no_grad():
+            return self(image)
+
+    def loss_and_gradient(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(total, parts)`` detached, with the gradient of ``total`` accumulated into ``image.grad``
+        (the interface :func:`stylise_frame` calls; :class:`videostyle.tiled.TiledObjective` has it too)."""
+        total, parts = self(image)
+        total.backward()
+        return total.detach(), {name: value.detach() for name, value in parts.items()}
+
+
+def pixel_terms(image: torch.Tensor, temporal: Sequence[TemporalTerm], weights: LossWeights
+                ) -> dict[str, torch.Tensor]:
+    """The weighted terms that need no VGG (those whose weight is set): temporal, tv and range, each a
+    scalar of ``image`` ``(1, 3, H, W)`` in the graph."""
+    parts = {}
+    if temporal:
+        parts["temporal"] = sum(term.weight * losses.temporal_loss(image, term.warped, term.mask)
+                                for term in temporal)
+    if weights.tv > 0:
+        parts["tv"] = weights.tv * losses.total_variation(image)
+    if weights.range > 0:
+        parts["range"] = weights.range * losses.range_penalty(image)
+    return parts
 
 
 @dataclass
@@ -178,12 +199,10 @@ def stylise_frame(objective: FrameObjective, init: torch.Tensor, *, iterations: 
 
     def closure() -> torch.Tensor:
         x.grad = None
-        total, parts = objective(x)
-        total.backward()
-        total = total.detach()
+        total, parts = objective.loss_and_gradient(x)
         device_losses.append(total)
         if not evaluate_result:
-            last_parts.update({name: value.detach() for name, value in parts.items()}, total=total)
+            last_parts.update(parts, total=total)
         return total
 
     done = 0
@@ -210,8 +229,7 @@ def stylise_frame(objective: FrameObjective, init: torch.Tensor, *, iterations: 
     result = x.detach().clamp_(0.0, 1.0)
     final = {name: float(value) for name, value in last_parts.items()}
     if evaluate_result or not final:
-        with torch.no_grad():
-            total, parts = objective(result)
+        total, parts = objective.loss(result)
         final = {name: float(value) for name, value in parts.items()}
         final["total"] = float(total)
     return FrameResult(result, final, done if iterations else 0, history)

@@ -1,0 +1,74 @@
+"""Tiled evaluation (videostyle.tiled) gives the untiled objective's value and gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from videostyle.features import VGGEncoder, resolve_weights
+from videostyle.optimise import FrameObjective, LossWeights, TemporalTerm, compute_style_targets, stylise_frame
+from videostyle.tiled import ALIGN, TiledObjective, plan_tiles, receptive_radius
+
+STYLE = {"relu1_1": 0.2, "relu2_1": 0.2, "relu3_1": 0.2, "relu4_1": 0.2, "relu5_1": 0.2}
+CONTENT = {"relu4_2": 1.0}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    encoder = VGGEncoder([*CONTENT, *STYLE], resolve_weights("untrained"))
+    g = torch.Generator().manual_seed(0)
+    content = torch.rand((1, 3, 136, 184), generator=g)  # not multiples of 16: ragged last tiles
+    style = torch.rand((1, 3, 96, 96), generator=g)
+    targets = compute_style_targets(encoder, [style], [1.0], list(STYLE))
+    weights = LossWeights(1.0, 20.0, 0.01, CONTENT, STYLE, range=100.0)
+    temporal = [TemporalTerm(torch.rand((1, 3, 136, 184), generator=g), torch.ones((1, 1, 136, 184)), 50.0)]
+    image = (content + 0.2 * torch.randn(content.shape, generator=g)).clamp(-0.1, 1.1)
+    return encoder, content, targets, weights, temporal, image
+
+
+def _value_and_grad(objective, image):
+    x = image.clone().requires_grad_(True)
+    total, parts = objective.loss_and_gradient(x)
+    return total, parts, x.grad
+
+
+def test_the_radius_of_vgg():
+    names = [n for n, _ in VGGEncoder(["relu5_1"], resolve_weights("untrained")).stack.named_children()]
+    assert receptive_radius(names) == 85
+    assert receptive_radius(names[:names.index("relu4_2") + 1]) == 45
+
+
+def test_tiles_partition_the_frame():
+    tiles = plan_tiles(136, 184, tile=64, halo=40)
+    covered = torch.zeros(136, 184, dtype=torch.int32)
+    for t in tiles:
+        covered[t.y0:t.y1, t.x0:t.x1] += 1
+        assert t.cy0 % ALIGN == 0 and t.cx0 % ALIGN == 0
+        assert t.cy0 <= t.y0 - min(t.y0, 40) and t.cy1 >= min(136, t.y1 + 40)
+    assert bool((covered == 1).all())
+
+
+def test_full_halo_gives_the_untiled_value_and_gradient(setup):
+    encoder, content, targets, weights, temporal, image = setup
+    total, parts, grad = _value_and_grad(FrameObjective(encoder, content, targets, weights, temporal), image)
+    tiled = TiledObjective(encoder, content, targets, weights, temporal, tile=64, halo=96)
+    assert len(tiled.tiles) == 9
+    t_total, t_parts, t_grad = _value_and_grad(tiled, image)
+    assert float(t_total) == pytest.approx(float(total), rel=1e-5)
+    for name in parts:
+        assert float(t_parts[name]) == pytest.approx(float(parts[name]), rel=1e-4), name
+    assert float((t_grad - grad).norm() / grad.norm()) < 1e-4
+    loss_only, _ = tiled.loss(image)
+    assert float(loss_only) == pytest.approx(float(total), rel=1e-5)
+
+
+def test_a_tiled_frame_matches_the_untiled_one(setup):
+    encoder, content, targets, weights, temporal, _ = setup
+    plain = stylise_frame(FrameObjective(encoder, content, targets, weights, temporal), content, iterations=8)
+    tiled = stylise_frame(TiledObjective(encoder, content, targets, weights, temporal, tile=80, halo=96),
+                          content, iterations=8)
+    # The gradients agree to float rounding; L-BFGS without a line search amplifies that a little
+    # (measured: mean 1e-4, max 0.025 after 8 iterations on this noisy image).
+    diff = (tiled.image - plain.image).abs()
+    assert float(diff.mean()) < 1e-3 and float(diff.max()) < 0.1
+    assert tiled.losses["total"] == pytest.approx(plain.losses["total"], rel=1e-2)
