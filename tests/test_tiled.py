@@ -7,6 +7,8 @@ import torch
 
 from videostyle.features import VGGEncoder, resolve_weights
 from videostyle.optimise import FrameObjective, LossWeights, TemporalTerm, compute_style_targets, stylise_frame
+from videostyle import memory
+from videostyle.memory import choose_tile
 from videostyle.tiled import ALIGN, TiledObjective, plan_tiles, receptive_radius
 
 STYLE = {"relu1_1": 0.2, "relu2_1": 0.2, "relu3_1": 0.2, "relu4_1": 0.2, "relu5_1": 0.2}
@@ -72,3 +74,40 @@ def test_a_tiled_frame_matches_the_untiled_one(setup):
     diff = (tiled.image - plain.image).abs()
     assert float(diff.mean()) < 1e-3 and float(diff.max()) < 0.1
     assert tiled.losses["total"] == pytest.approx(plain.losses["total"], rel=1e-2)
+
+
+def test_a_forced_tile_gives_the_untiled_picture(tmp_path):
+    """`image --tile`: the same picture as untiled, to 8-bit rounding after a few iterations."""
+    import numpy as np
+    from PIL import Image
+
+    from videostyle.config import RunOptions, StyleConfig
+    from videostyle.pipeline import stylize_image
+
+    g = np.random.default_rng(0)
+    photo, style = tmp_path / "photo.png", tmp_path / "style.png"
+    Image.fromarray(g.integers(0, 255, (144, 192, 3), dtype=np.uint8)).save(photo)
+    Image.fromarray(g.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(style)
+    cfg = StyleConfig(styles=(str(style),), size=192, iters_first=4, octaves=2, weights="untrained")
+    stylize_image(photo, tmp_path / "plain.png", cfg, RunOptions(device="cpu"))
+    stylize_image(photo, tmp_path / "tiled.png", cfg, RunOptions(device="cpu", tile=96))
+    plain = np.asarray(Image.open(tmp_path / "plain.png")).astype(int)
+    tiled = np.asarray(Image.open(tmp_path / "tiled.png")).astype(int)
+    assert plain.shape == tiled.shape == (144, 192, 3)
+    assert np.abs(plain - tiled).mean() < 0.5 and np.abs(plain - tiled).max() <= 8
+
+
+def test_the_tile_chosen_for_a_memory_budget():
+    names = [n for n, _ in VGGEncoder(["relu5_1"], resolve_weights("untrained")).stack.named_children()]
+    model = memory.estimate_peak_bytes(2160, 3840, names, history_size=50)
+    assert choose_tile(2160, 3840, names, budget_bytes=model["total"], halo=96) is None  # it fits whole
+    tile = choose_tile(2160, 3840, names, budget_bytes=14 << 30, halo=96)
+    assert tile is not None and tile % ALIGN == 0 and tile < 2160
+    crop = min(2160, tile + 192), min(3840, tile + 192)
+    need = (model["frame_tensors"] + model["lbfgs"] + memory.vgg_activation_bytes(*crop, names)
+            + memory.transient_bytes(*crop))
+    assert need <= 14 << 30
+    with pytest.raises(ValueError, match=r"3840x2160 px needs at least \d+ MiB .* more than 1024 MiB"):
+        choose_tile(2160, 3840, names, budget_bytes=1 << 30, halo=96)
+    # A smaller history is what makes 4K fit a 10 GB budget.
+    assert choose_tile(2160, 3840, names, budget_bytes=10 << 30, halo=96, history_size=5) is not None

@@ -174,6 +174,9 @@ class RunOptions:
     keep_workdir: bool = False
     batch_size: int = 1           # frames journaled together; a finished batch is never redone
     precision: str = "fp32"       # VGG convolutions in fp32, bf16 or fp16 (autocast; losses stay fp32)
+    # Tiled VGG (videostyle.tiled): the same frames to float rounding, so neither is a resume setting.
+    tile: int | None = None       # px a side; None: chosen from max_memory (untiled when the frame fits)
+    max_memory: int | None = None  # bytes for one frame's optimisation; None: the device's, less a margin
     # Many workers (videostyle.distributed): None = one process; "local" = a Ray instance started here
     # (or RAY_ADDRESS), else a Ray address. Segments of segment_frames, each with segment_overlap frames
     # of run-in cross-faded with the previous segment; ray_cpus per segment task on CPU workers. The

@@ -88,3 +88,33 @@ def estimate_peak_bytes(height: int, width: int, stack: Sequence[str], *, precis
     }
     terms["total"] = sum(terms.values())
     return terms
+
+
+def choose_tile(height: int, width: int, stack: Sequence[str], *, budget_bytes: int, halo: int,
+                precision: str = "fp32", read_layers: Sequence[str] = (), history_size: int = 50,
+                weights_bytes: int = 0, align: int = 16) -> int | None:
+    """The largest tile (px a side, a multiple of ``align``) whose peak fits ``budget_bytes``, or None
+    when the whole frame fits untiled.
+
+    The frame's own tensors and the L-BFGS history are whole-frame whatever the tile; VGG's activations
+    are one crop's (tile plus a halo on each side). Raises ValueError when not even a ``4 * align`` px
+    tile fits: then the history (or the size) is what must shrink.
+    """
+    whole = estimate_peak_bytes(height, width, stack, precision=precision, read_layers=read_layers,
+                                history_size=history_size, weights_bytes=weights_bytes)
+    if whole["total"] <= budget_bytes:
+        return None
+    fixed = whole["frame_tensors"] + whole["lbfgs"] + weights_bytes
+    # A no-grad pass keeps the Gram sums; the grad pass one crop's activations and transient set.
+    tile = max(height, width) // align * align
+    crop = 0
+    while tile >= 4 * align:
+        crop_h, crop_w = min(height, tile + 2 * halo), min(width, tile + 2 * halo)
+        crop = (vgg_activation_bytes(crop_h, crop_w, stack, precision=precision, read_layers=read_layers)
+                + transient_bytes(crop_h, crop_w, precision=precision))
+        if fixed + crop <= budget_bytes:
+            return tile
+        tile -= align
+    raise ValueError(f"{width}x{height} px needs at least {(fixed + crop) / 2**20:.0f} MiB (the frame, its "
+                     f"L-BFGS history of {history_size} pairs and the weights {fixed / 2**20:.0f} MiB, the "
+                     f"smallest tile's VGG {crop / 2**20:.0f} MiB), more than {budget_bytes / 2**20:.0f} MiB")

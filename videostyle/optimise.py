@@ -258,7 +258,8 @@ def octave_sizes(height: int, width: int, octaves: int, *, min_edge: int = 64) -
 def stylise_coarse_to_fine(encoder: VGGEncoder, content: torch.Tensor, init: torch.Tensor,
                            targets: StyleTargets, weights: LossWeights,
                            temporal: Sequence[TemporalTerm] = (), *, iterations: int, octaves: int = 2,
-                           coarse_iterations: int | None = None, **optimiser_kwargs) -> FrameResult:
+                           coarse_iterations: int | None = None, make_objective: Callable | None = None,
+                           **optimiser_kwargs) -> FrameResult:
     """Optimise at 1/2^(octaves-1) of the size first, then upsample and refine at each finer octave.
 
     The same style targets serve every octave (Gram matrices are normalised by C*H*W, so they are
@@ -266,9 +267,13 @@ def stylise_coarse_to_fine(encoder: VGGEncoder, content: torch.Tensor, init: tor
     work that moves large structures happens cheaply. ``iterations`` is the count at full size;
     ``coarse_iterations`` (default the same) at every coarser octave.
 
+    ``make_objective(encoder, content, targets, weights, temporal)`` builds each octave's objective
+    (default :class:`FrameObjective`; :class:`videostyle.tiled.TiledObjective` with its tile size bound).
+
     Returns the full-size result; ``iterations`` in it is the full-size count, ``history`` concatenates
     all octaves.
     """
+    make_objective = make_objective or FrameObjective
     sizes = octave_sizes(content.shape[-2], content.shape[-1], octaves)
     coarse_iterations = iterations if coarse_iterations is None else coarse_iterations
     history: list[float] = []
@@ -278,7 +283,7 @@ def stylise_coarse_to_fine(encoder: VGGEncoder, content: torch.Tensor, init: tor
         last = level == len(sizes) - 1
         scaled_temporal = [TemporalTerm(_resize(t.warped, size), _resize(t.mask, size), t.weight)
                            for t in temporal]
-        objective = FrameObjective(encoder, _resize(content, size), targets, weights, scaled_temporal)
+        objective = make_objective(encoder, _resize(content, size), targets, weights, scaled_temporal)
         # Start from the init at this size plus the upsampled coarse change: this keeps the init's
         # fine detail (e.g. the warped previous frame's brush strokes) instead of a blurry upsample.
         start = _resize(init, size)

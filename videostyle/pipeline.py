@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import __version__, colour, images, scenes
+from . import __version__, colour, images, memory, scenes
 from .config import RunOptions, StyleConfig
 from .encode_stream import StreamingEncoder
 from .errors import InputError, OutputError, ResumeError
@@ -35,9 +35,10 @@ from .flow import FlowEstimator, FlowWorker
 from .frame_writer import FrameWriter
 from .journal import WorkDir, file_fingerprint
 from .masks import FrameMasks, composite
-from .optimise import (FrameObjective, FrameResult, LossWeights, StyleTargets, TemporalTerm,
-                       compute_style_targets, stylise_coarse_to_fine, stylise_frame)
+from .optimise import (LBFGS_HISTORY, FrameObjective, FrameResult, LossWeights, StyleTargets,
+                       TemporalTerm, compute_style_targets, stylise_coarse_to_fine, stylise_frame)
 from .temporal import initial_image, long_term_masks, mask_tensor, warm_start_mask, warp_previous
+from .tiled import TILE_HALO, TiledObjective
 from .timing import PHASES
 from .video.decode import FramePrefetcher, iter_frames
 from .video.encode import check_output_path, remove_partial_outputs
@@ -71,12 +72,18 @@ class Stylizer:
 
     ``precision``: ``fp32``, or ``bf16``/``fp16`` to run VGG's convolutions under autocast (the image,
     the Gram matrices and the losses stay float32); see :class:`~videostyle.features.VGGEncoder`.
+
+    ``tile``: evaluate VGG on tiles of at most this many px a side (:mod:`videostyle.tiled`) when the
+    frame is larger; None: the whole frame at once.
     """
 
     def __init__(self, cfg: StyleConfig, *, device: torch.device, working_size: tuple[int, int],
-                 colour_reference: torch.Tensor | None = None, precision: str = "fp32"):
+                 colour_reference: torch.Tensor | None = None, precision: str = "fp32",
+                 tile: int | None = None):
         self.cfg = cfg
         self.device = device
+        self.precision = precision
+        self.tile = tile
         # The mask first: a bad --mask is reported before the weights are loaded.
         self.masks = FrameMasks(cfg.mask, working_size, feather_px=cfg.mask_feather) if cfg.mask else None
         self.weights = resolve_weights(cfg.weights)
@@ -123,9 +130,40 @@ class Stylizer:
         if self.cfg.octaves > 1 and not warm_started:
             return stylise_coarse_to_fine(self.encoder, content, init, self.targets, self.loss_weights,
                                           temporal, iterations=iterations, octaves=self.cfg.octaves,
-                                          **kwargs)
-        objective = FrameObjective(self.encoder, content, self.targets, self.loss_weights, temporal)
+                                          make_objective=self.make_objective, **kwargs)
+        objective = self.make_objective(self.encoder, content, self.targets, self.loss_weights, temporal)
         return stylise_frame(objective, init, iterations=iterations, **kwargs)
+
+    def plan_tiles(self, working_size: tuple[int, int], *, tile: int | None = None,
+                   max_memory: int | None = None) -> None:
+        """Sets :attr:`tile` for frames of ``working_size`` ``(W, H)``: ``tile`` when given, else the
+        largest tile whose peak (:mod:`videostyle.memory`) fits ``max_memory`` bytes (default: what the
+        device has, less a margin), None when the whole frame fits."""
+        if tile is not None:
+            self.tile = tile
+            return
+        budget = max_memory if max_memory is not None else default_memory_budget(self.device)
+        if budget is None:
+            return
+        width, height = working_size
+        try:
+            self.tile = memory.choose_tile(
+                height, width, [name for name, _ in self.encoder.stack.named_children()], budget_bytes=budget,
+                halo=TILE_HALO, precision=self.precision, read_layers=self.encoder.layers,
+                history_size=LBFGS_HISTORY,
+                weights_bytes=sum(p.numel() * p.element_size() for p in self.encoder.parameters()))
+        except ValueError as exc:
+            raise InputError(f"{exc}; lower --size or raise --max-memory") from exc
+        if self.tile is not None:
+            log.info("%dx%d px frames are optimised in tiles of %d px to fit %.1f GiB", width, height,
+                     self.tile, budget / 2**30)
+
+    def make_objective(self, encoder, content, targets, weights, temporal=()):
+        """The frame objective: VGG on the whole frame, or on tiles of ``self.tile`` px (the same
+        gradient to float rounding, in bounded memory: :mod:`videostyle.tiled`)."""
+        if self.tile is None or max(content.shape[-2:]) <= self.tile:
+            return FrameObjective(encoder, content, targets, weights, temporal)
+        return TiledObjective(encoder, content, targets, weights, temporal, tile=self.tile, halo=TILE_HALO)
 
     def to_optimised(self, image: torch.Tensor) -> torch.Tensor:
         """An RGB frame ``(1, 3, H, W)`` in [0, 1] in the space the optimiser works in: its luminance
@@ -154,6 +192,16 @@ class RunSummary:
 
 
 ProgressFactory = Callable[..., object]
+
+
+def default_memory_budget(device: torch.device) -> int | None:
+    """Bytes a frame's optimisation may use by default: 90% of a GPU's memory less 0.5 GiB (CUDA's
+    context is outside torch's allocator), or 60% of the memory available on the CPU (measured there:
+    peak RSS 1.6x :mod:`videostyle.memory`'s model); None where unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * 0.9) - (512 << 20)
+    available = _available_memory()
+    return None if available is None else int(available * 0.6)
 
 
 def default_workdir(output: Path) -> Path:
@@ -219,6 +267,7 @@ def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
     reference = _first_frame(info, working, device) if cfg.preserve_colors else None
     stylizer = Stylizer(cfg, device=device, working_size=working, colour_reference=reference,
                         precision=opts.precision)
+    stylizer.plan_tiles(working, tile=opts.tile, max_memory=opts.max_memory)
     work, _ = open_run_workdir(plan, stylizer.weights.weights_id, opts)
     resumed_from = work.finished_count
     PHASES.reset()
@@ -667,7 +716,8 @@ def stylize_image(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
     output = check_image_output(output)
     rgb = images.load_image(source)
     out, losses = stylise_still(rgb, cfg, device=pick_device(opts.device),
-                                snapshots=_snapshot_writer(output, opts.save_every), precision=opts.precision)
+                                snapshots=_snapshot_writer(output, opts.save_every), precision=opts.precision,
+                                tile=opts.tile, max_memory=opts.max_memory)
     tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
     images.save_image(out, tmp)
     os.replace(tmp, output)
@@ -685,8 +735,9 @@ def check_image_output(output: str | os.PathLike) -> Path:
     return output
 
 
-def stylise_still(rgb: np.ndarray, cfg: StyleConfig, *, device: torch.device,
-                  snapshots=None, precision: str = "fp32") -> tuple[np.ndarray, dict[str, float]]:
+def stylise_still(rgb: np.ndarray, cfg: StyleConfig, *, device: torch.device, snapshots=None,
+                  precision: str = "fp32", tile: int | None = None,
+                  max_memory: int | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """Stylise one picture ``(H, W, 3)`` uint8 alone, with the first-frame settings.
 
     Returns the result at the working size ``(h, w, 3)`` uint8 and the final loss terms (floats).
@@ -696,6 +747,7 @@ def stylise_still(rgb: np.ndarray, cfg: StyleConfig, *, device: torch.device,
     content = images.to_tensor(images.resize_rgb(rgb, working), device)
     stylizer = Stylizer(cfg, device=device, working_size=working, colour_reference=content,
                         precision=precision)
+    stylizer.plan_tiles(working, tile=tile, max_memory=max_memory)
     target = stylizer.to_optimised(content)
     init = initial_image(cfg.init_first, content=target, generator=frame_generator(cfg.seed, 0))
     result = stylizer.stylise(target, init, iterations=cfg.iters_first,

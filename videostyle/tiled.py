@@ -35,6 +35,11 @@ from .optimise import pixel_terms
 # are the whole frame's.
 ALIGN = 16
 
+# The halo of a tile, px: VGG's receptive-field radius at relu5_1 is 85 px, so 96 (on the pooling grid)
+# makes the tiled gradient exact to float rounding (tests/test_tiled.py). Smaller halos, measured
+# in docs/BENCHMARKS.md ("Tiled optimisation"), cost gradient error for less overlap.
+TILE_HALO = 96
+
 
 def layer_stride(layer: str) -> int:
     """Pixels between neighbouring features of ``relu{b}_{n}``/``conv{b}_{n}`` (``2^(b-1)``) or
