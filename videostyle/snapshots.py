@@ -37,7 +37,5 @@ class SnapshotWriter:
     def write(self, done: int, rgb: np.ndarray) -> None:
         """Write ``(H, W, 3)`` uint8 as the snapshot of iteration ``done`` (atomically)."""
         path = snapshot_path(self.output, done)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        images.save_image(rgb, tmp)
-        os.replace(tmp, path)
+        images.save_image_atomic(rgb, path)
         self.written.append(path)
