@@ -37,9 +37,10 @@ from .journal import WorkDir, file_fingerprint
 from .masks import FrameMasks, composite
 from .optimise import (FrameObjective, FrameResult, LossWeights, StyleTargets, TemporalTerm,
                        compute_style_targets, stylise_coarse_to_fine, stylise_frame)
+from .paths import check_not_an_input, style_inputs
+from .snapshots import check_snapshots_not_inputs
 from .temporal import initial_image, long_term_masks, mask_tensor, warm_start_mask, warp_previous
 from .video.decode import FramePrefetcher, iter_frames
-from .paths import check_not_an_input, style_inputs
 from .video.encode import check_encoder_options, check_output_path, remove_partial_outputs
 from .video.probe import VideoInfo, probe_video
 
@@ -316,6 +317,7 @@ def plan_run(source: str | os.PathLike, output: str | os.PathLike, cfg: StyleCon
     info = probe_video(source)
     check_output_path(output, input_path=source)
     check_not_an_input(output, style_inputs(cfg))
+    check_snapshots_not_inputs(output, opts.save_every, [("input video", source), *style_inputs(cfg)])
     check_encoder_options(opts.crf, opts.preset)
     if opts.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {opts.batch_size}")
@@ -727,7 +729,9 @@ def stylize_image(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
 
     Returns the final loss terms.
     """
-    output = check_image_output(output, inputs=[("input image", source), *style_inputs(cfg)])
+    inputs = [("input image", source), *style_inputs(cfg)]
+    output = check_image_output(output, inputs=inputs)
+    check_snapshots_not_inputs(output, opts.save_every, inputs)
     rgb = images.load_image(source)
     check_image_shape("image", source, (rgb.shape[1], rgb.shape[0]), cfg.size, cfg)
     out, losses = stylise_still(rgb, cfg, device=pick_device(opts.device),
