@@ -237,14 +237,19 @@ def test_unusable_work_dir(tmp_path, style, capsys):
     assert blocker.read_text() == "a file where a directory should be"
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to fill a 'disk'")
-def test_disk_full_while_writing_frames_keeps_finished_frames(tmp_path, style, capsys):
+def test_disk_full_while_writing_frames_keeps_finished_frames(tmp_path, style, capsys, monkeypatch):
+    from videostyle import journal
     src = make_clip(tmp_path / "in.mp4", n_frames=3)
     out, work = tmp_path / "out.mp4", tmp_path / "out.mp4.videostyle-work"
     assert _stylize(src, out, style, "--keep-workdir") == 0
     frame1 = work / "frames" / "000001.png"
     frame1.write_bytes(b"")  # frame 1 must be redone ...
-    (work / "frames" / "000001.png.tmp").symlink_to("/dev/full")  # ... and its write hits a full disk
+
+    def full_disk(path, data, **kwargs):  # ... and its write hits a full disk (a planted link to
+        if Path(path).name == "000001.png":  # /dev/full is removed, never written through: test_faults)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return journal.write_atomic(path, data, **kwargs)
+    monkeypatch.setattr(journal, "_write_atomic", full_disk)
     def kept(tree):  # all but frame 1 and the journal, which the resume rewrites to list frame 0 only
         return {k: v for k, v in tree.items() if "000001" not in k and not k.endswith("journal.jsonl")}
     finished = kept(_tree(tmp_path))

@@ -17,6 +17,7 @@ def test_frames_roundtrip_and_resume_keeps_finished_frames(tmp_path):
     work = WorkDir.open(tmp_path / "w", MANIFEST)
     for i in range(3):
         work.write_frame(i, pts=i * 100, rgb=_frame(i * 10))
+    work.close()  # the lock: one open work dir at a time
     again = WorkDir.open(tmp_path / "w", MANIFEST)
     assert again.finished_count == 3
     assert [again.entries[i].pts for i in range(3)] == [0, 100, 200]
@@ -30,6 +31,7 @@ def test_truncated_frame_file_is_detected_and_redone_from_there(tmp_path):
         work.write_frame(i, pts=i, rgb=_frame(i))
     path = work.frame_path(2)
     path.write_bytes(path.read_bytes()[:20])
+    work.close()
     again = WorkDir.open(tmp_path / "w", MANIFEST)
     assert again.finished_count == 2
     lines = (tmp_path / "w" / JOURNAL).read_text().splitlines()
@@ -41,6 +43,7 @@ def test_torn_journal_line_is_ignored(tmp_path):
     work.write_frame(0, pts=0, rgb=_frame(1))
     with open(tmp_path / "w" / JOURNAL, "a") as fh:
         fh.write('{"index": 1, "pts": 1, "sha')
+    work.close()
     assert WorkDir.open(tmp_path / "w", MANIFEST).finished_count == 1
 
 

@@ -151,6 +151,7 @@ def test_frame_writer_journals_every_submitted_frame_in_order(tmp_path):
     assert written == [0, 1, 2] and work.finished_count == 3
     assert [work.entries[i].pts for i in range(3)] == [0, 10, 20]
     np.testing.assert_array_equal(work.read_frame(2), _frame(2)[2])
+    work.close()  # the lock: one open work dir at a time
     reopened = WorkDir.open(tmp_path / "w", {"config_hash": "x"})
     assert reopened.finished_count == 3
 

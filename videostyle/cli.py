@@ -19,6 +19,7 @@ from . import __version__
 from .config import (INITS, INITS_FIRST, OPTIMIZERS, POOLINGS, PRECISIONS, QUALITIES, QUALITY_PRESETS,
                      RunOptions, StyleConfig)
 from .errors import VideoStyleError
+from .paths import check_not_an_input
 
 PROG = "videostyle"
 _SAVE_EVERY_HELP = ("write the first frame every N iterations beside the output as OUTPUT_STEM.iter_NNNN.png, "
@@ -402,6 +403,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     from . import evaluate
 
     styles = _path_list(args.style)
+    if args.plot:  # checked before the (long) evaluation, as every command checks its output first
+        from .paths import check_not_an_input
+        from .pipeline import check_image_output
+        inputs = [("stylised video", args.stylised), ("source video", args.source),
+                  *(("style image", s) for s in styles)]
+        if args.weights not in ("auto", "imagenet", "untrained"):
+            inputs.append(("weights file", args.weights))
+        frames_dir = Path(args.stylised)
+        if frames_dir.is_dir():  # a work dir or a directory of frames: any file in it is an input
+            inputs += [("stylised frames", p) for p in frames_dir.rglob("*.png")]
+        check_image_output(args.plot, inputs=inputs)
     result = evaluate.evaluate_frames(evaluate.read_frames(args.stylised), evaluate.read_frames(args.source),
                                       styles=styles, weights=args.weights, device=args.device)
     print(evaluate.format_table(result))
@@ -418,6 +430,12 @@ def _webcam(args: argparse.Namespace) -> int:
     from .video.encode import check_output_path
 
     output = check_output_path(args.output)
+    inputs = [("style image", s) for s in _path_list(args.style)] + [("mask", args.mask)]
+    if Path(args.camera).is_file():  # a file played as a camera (tests)
+        inputs.append(("camera", args.camera))
+    check_not_an_input(output, inputs)
+    if args.preview:
+        check_not_an_input(output.with_name(f"{output.stem}.preview.mp4"), inputs)
     if not args.style and not args.record_only:
         raise VideoStyleError("webcam needs --style STYLE (or --record-only to just record)")
     cfg = _style_config(args, video=True) if args.style else None
@@ -520,8 +538,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{PROG}: warning: {message}", file=sys.stderr)
     # SIGTERM stops like Ctrl-C: the frame in progress is dropped, finished frames stay journaled.
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # FFmpeg's raw lines ("error while decoding MB 0 11 ...") are counted, not shown (unless -v/--debug):
+    # our own warnings and errors say what they mean, and the run ends on our line.
+    from .video.probe import FFMPEG_LOG
+    libav = logging.getLogger("libav")
+    previous_propagate = libav.propagate
+    libav.propagate = bool(args.verbose or args.debug)
+    FFMPEG_LOG.mark_reported()
     try:
-        return _run(args)
+        code = _run(args)
+        _ffmpeg_summary(FFMPEG_LOG)
+        return code
     except KeyboardInterrupt:
         if args.command in ("stylize", "resume"):
             print(f"\n{PROG}: {_resume_hint(args)}", file=sys.stderr)
@@ -540,6 +567,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
+        libav.propagate = previous_propagate
+
+
+def _ffmpeg_summary(counter) -> None:
+    """After a run that succeeded: one line for FFmpeg complaints no warning of ours covered."""
+    extra = counter.count - counter.reported
+    if extra > 0:
+        counter.mark_reported()
+        print(f"{PROG}: warning: FFmpeg reported {extra} problem{'' if extra == 1 else 's'} with the media "
+              f"that did not stop the run (last: {counter.last}); rerun with --verbose to see "
+              f"{'it' if extra == 1 else 'them'}", file=sys.stderr)
 
 
 def _resume_hint(args: argparse.Namespace) -> str:

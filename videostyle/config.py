@@ -30,6 +30,7 @@ INITS = ("prev-warped-inside", "prev-warped", "prev", "content", "noise")
 OPTIMIZERS = ("lbfgs", "adam")
 POOLINGS = ("avg", "max")
 PRECISIONS = ("fp32", "bf16", "fp16")
+FLOWS = ("dis", "farneback", "raft-small", "raft-large")  # flow.FLOW_METHODS, checked before any work
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class StyleConfig:
         _check_choice("pooling", self.pooling, POOLINGS)
         _check_choice("init-first", self.init_first, INITS_FIRST)
         _check_choice("init", self.init, INITS)
+        _check_choice("flow", self.flow, FLOWS)
         if not self.flow_offsets or any(k < 1 for k in self.flow_offsets):
             raise ValueError(f"flow offsets must be positive integers, got {self.flow_offsets}")
         if self.mask_feather < 0:
@@ -161,7 +163,8 @@ class StyleConfig:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How a run is executed; none of these change the stylised frames' pixels."""
+    """How a run is executed; none of these change the stylised frames' pixels, except ``precision``,
+    which the manifest records on its own for a resume to match (``journal._MUST_MATCH``)."""
 
     device: str = "auto"
     crf: int = 18

@@ -315,15 +315,19 @@ def _is_complete(work: WorkDir, seg: Segment) -> bool:
 
 def run_segment(job: SegmentJob) -> SegmentResult:
     """Stylise one segment into its own work dir (resuming it); runs in a Ray worker process."""
-    import torch
-
-    seg = job.segment
     for what, path in (("source video", job.source), ("work dir", str(Path(job.directory).parent.parent)),
                        *(("style image", p) for p in job.cfg.styles)):
         if not os.path.exists(path):
             raise InputError(f"worker on {socket.gethostname()} cannot see the {what} {path!r}: --ray needs "
                              f"paths on a filesystem shared by every node")
-    work = WorkDir.open(job.directory, job.manifest)
+    with WorkDir.open(job.directory, job.manifest) as work:  # locked while this attempt runs
+        return _run_segment_in(job, work)
+
+
+def _run_segment_in(job: SegmentJob, work: WorkDir) -> SegmentResult:
+    import torch
+
+    seg = job.segment
     resumed_from = work.finished_count
     done = 0
     if not _is_complete(work, seg):
@@ -357,7 +361,8 @@ def run_segment(job: SegmentJob) -> SegmentResult:
 def _log_attempt(work: WorkDir, event: str, **fields) -> None:
     line = json.dumps({"event": event, "pid": os.getpid(), "host": socket.gethostname(),
                        "time": time.time(), **fields})
-    with open(work.path / ATTEMPTS, "a") as fh:
+    fd = os.open(work.path / ATTEMPTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "a") as fh:  # never through a link planted in the work dir
         fh.write(line + "\n")
 
 
@@ -454,42 +459,44 @@ def stylize_video_ray(source, output, cfg: StyleConfig, opts: RunOptions, *, pro
         planned -= sum(_journaled(seg_root / s.name) for s in segments)
     pipeline.check_disk_space(workdir, working, planned)
     weights_id = resolve_weights(cfg.weights).weights_id  # the workers must resolve the same
-    work, manifest = pipeline.open_run_workdir(replace(plan, workdir=workdir), weights_id, opts)
-    work.update_manifest(segments=[s.to_dict() for s in segments], scene_cuts=cuts if opts.scene_cuts else None)
-    resumed_from = sum(_journaled(seg_root / s.name) for s in segments)
+    work, manifest = pipeline.open_run_workdir(replace(plan, workdir=workdir), weights_id, opts,
+                                               device=opts.device, threads=opts.ray_cpus)
+    with work:  # locked for the whole run; a run stopped before any segment started leaves no work dir
+        work.update_manifest(segments=[s.to_dict() for s in segments], scene_cuts=cuts if opts.scene_cuts else None)
+        resumed_from = sum(_journaled(seg_root / s.name) for s in segments)
 
-    started = _connect(ray, opts.ray)
-    t0 = time.monotonic()
-    try:
-        resources = _task_resources(ray, opts.device, opts.ray_cpus)
-        task = ray.remote(run_segment).options(max_retries=MAX_RETRIES, retry_exceptions=False, **resources)
-        kill_at = os.environ.get("VIDEOSTYLE_TEST_KILL_AT") or None
-        keys = keyframes(info)  # late segments (and the seam metric) seek instead of decoding from frame 0
-        jobs = [SegmentJob(str(Path(info.path).resolve()), s, str(seg_root / s.name),
-                           {**manifest, "segment": s.to_dict()}, cfg, working, opts.device,
-                           resources["num_cpus"], opts.batch_size, weights_id, seek_point(keys, s.first),
-                           kill_at, opts.precision) for s in segments]
-        driver = _Driver(ray, [task.remote(job) for job in jobs], segments, seg_root, progress, resumed_from,
-                         planned_total=None if estimate is None else estimate + sum(s.overlap for s in segments))
+        started = _connect(ray, opts.ray)
+        t0 = time.monotonic()
         try:
-            meter = _encode(driver, info, output, out_size, working, segments, opts, work, keys)
-        except BaseException:
-            driver.cancel()
-            raise
+            resources = _task_resources(ray, opts.device, opts.ray_cpus)
+            task = ray.remote(run_segment).options(max_retries=MAX_RETRIES, retry_exceptions=False, **resources)
+            kill_at = os.environ.get("VIDEOSTYLE_TEST_KILL_AT") or None
+            keys = keyframes(info)  # late segments (and the seam metric) seek instead of decoding from frame 0
+            jobs = [SegmentJob(str(Path(info.path).resolve()), s, str(seg_root / s.name),
+                               {**manifest, "segment": s.to_dict()}, cfg, working, opts.device,
+                               resources["num_cpus"], opts.batch_size, weights_id, seek_point(keys, s.first),
+                               kill_at, opts.precision) for s in segments]
+            driver = _Driver(ray, [task.remote(job) for job in jobs], segments, seg_root, progress, resumed_from,
+                             planned_total=None if estimate is None else estimate + sum(s.overlap for s in segments))
+            try:
+                meter = _encode(driver, info, output, out_size, working, segments, opts, work, keys)
+            except BaseException:
+                driver.cancel()
+                raise
+            finally:
+                driver.close()
         finally:
-            driver.close()
-    finally:
-        if started:
-            ray.shutdown()
-    elapsed = time.monotonic() - t0
-    frames = driver.frame_count
-    work.update_manifest(frame_count=frames)
-    stylised = sum(r.stylised for r in driver.results.values())
-    summary = RaySummary(output, frames, resumed_from, elapsed / stylised if stylised else 0.0, weights_id,
-                         workdir, segments=len(driver.used_segments), seams=meter.report())
-    if not opts.keep_workdir:
-        work.remove()
-    return summary
+            if started:
+                ray.shutdown()
+        elapsed = time.monotonic() - t0
+        frames = driver.frame_count
+        work.update_manifest(frame_count=frames)
+        stylised = sum(r.stylised for r in driver.results.values())
+        summary = RaySummary(output, frames, resumed_from, elapsed / stylised if stylised else 0.0, weights_id,
+                             workdir, segments=len(driver.used_segments), seams=meter.report())
+        if not opts.keep_workdir:
+            work.remove()
+        return summary
 
 
 def _scene_cuts(info: VideoInfo, workdir: Path, opts: RunOptions) -> list[int]:

@@ -142,4 +142,4 @@ def write_plot(errors: np.ndarray, path: str | os.PathLike, *, size: tuple[int, 
             if len(run) > 1:
                 draw.line(run, fill=(200, 30, 30), width=2)
             run = []
-    img.save(path)
+    images.save_image_atomic(img, path)

@@ -7,7 +7,9 @@ Convention:
 
 from __future__ import annotations
 
+import io
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -16,6 +18,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
+from .paths import write_atomic
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
@@ -27,8 +30,20 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except Image.DecompressionBombError as exc:
+        raise too_large(path, exc) from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(f"not an image file: {str(path)!r} ({exc})") from exc
+
+
+def too_large(path: str | os.PathLike, exc: Exception) -> InputError:
+    """The one-line error for an image Pillow refuses to decode as a possible decompression bomb."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow: "Image size (400000000 pixels) exceeds ..."
+    limit = Image.MAX_IMAGE_PIXELS * 2 if Image.MAX_IMAGE_PIXELS else None  # Pillow refuses above twice it
+    has = f"{found.group(1)} pixels" if found else "more pixels than Pillow decodes safely"
+    side = int(limit ** 0.5) if limit else None
+    most = f"at most {limit} pixels (about {side}x{side})" if limit else "a smaller image"
+    return InputError(f"image too large: {str(path)!r} has {has}; expected {most}: scale it down")
 
 
 def working_size(width: int, height: int, long_edge: int) -> tuple[int, int]:
@@ -62,3 +77,14 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 def save_image(rgb: np.ndarray, path: str | os.PathLike) -> None:
     """Write ``(H, W, 3)`` uint8; the format follows the extension (PNG, JPEG, ...)."""
     Image.fromarray(rgb).save(path)
+
+
+def save_image_atomic(image: np.ndarray | Image.Image, path: str | os.PathLike) -> None:
+    """Write an image (``(H, W, 3)`` uint8 or a PIL image) to ``path`` whole or not at all: encoded in
+    memory (format from the extension), then through the hidden temp file ``.NAME.tmpEXT``, created
+    exclusively (a link planted there is removed, not written through), renamed over ``path``."""
+    path = Path(path)
+    img = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    buf = io.BytesIO()
+    img.save(buf, format=Image.registered_extensions()[path.suffix.lower()])
+    write_atomic(path, buf.getvalue(), tmp=path.with_name(f".{path.name}.tmp{path.suffix}"))

@@ -70,6 +70,9 @@ class FrameMasks:
             with Image.open(self.path) as img:
                 self._still = _to_mask(np.asarray(img.convert("L"), dtype=np.uint8), self.size, self.feather_px)
             return
+        except Image.DecompressionBombError as exc:
+            from .images import too_large
+            raise too_large(self.path, exc) from exc
         except (UnidentifiedImageError, OSError):
             pass  # not an image: try it as a video
         from .video.probe import probe_video

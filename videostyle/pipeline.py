@@ -37,11 +37,13 @@ from .journal import WorkDir, file_fingerprint
 from .masks import FrameMasks, composite
 from .optimise import (LBFGS_HISTORY, FrameObjective, FrameResult, LossWeights, StyleTargets,
                        TemporalTerm, compute_style_targets, stylise_coarse_to_fine, stylise_frame)
+from .paths import check_not_an_input, style_inputs
+from .snapshots import check_snapshots_not_inputs
 from .temporal import initial_image, long_term_masks, mask_tensor, warm_start_mask, warp_previous
 from .tiled import TILE_HALO, TiledObjective
 from .timing import PHASES
 from .video.decode import FramePrefetcher, iter_frames
-from .video.encode import check_output_path, remove_partial_outputs
+from .video.encode import check_encoder_options, check_output_path, remove_partial_outputs
 from .video.probe import VideoInfo, probe_video
 
 log = logging.getLogger(__name__)
@@ -51,9 +53,18 @@ def pick_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as given."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device must be auto, cpu, cuda or cuda:N; got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {name} requested but CUDA is not available; use --device cpu")
-    return torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 .. "
+                         f"cuda:{torch.cuda.device_count() - 1})")
+    return device
 
 
 def _normalised(pairs) -> dict[str, float]:
@@ -103,7 +114,8 @@ class Stylizer:
         style_images = []
         for path in self.cfg.styles:
             rgb = images.load_image(path)
-            rgb = images.resize_rgb(rgb, images.working_size(rgb.shape[1], rgb.shape[0], long_edge))
+            rgb = images.resize_rgb(rgb, check_image_shape("style image", path, (rgb.shape[1], rgb.shape[0]),
+                                                           long_edge, self.cfg))
             style = images.to_tensor(rgb, self.device)
             if self.cfg.preserve_colors:
                 style = colour.luminance(style)
@@ -225,7 +237,19 @@ def build_manifest(cfg: StyleConfig, info: VideoInfo, weights_id: str, working: 
         "source_size": [info.width, info.height],
         "frame_count_estimate": estimated_frame_count(info),
         "versions": package_versions(),
+        "precision": opts.precision,  # changes pixels: a resume must match it (journal._MUST_MATCH)
     }
+
+
+def machine_record(device: torch.device | str | None = None, threads: int | None = None) -> dict:
+    """Where frames are made, beyond the package versions: device type (and GPU name), torch's version and
+    CPU thread count. The same settings give byte-identical frames only on the same of these."""
+    kind = device.type if isinstance(device, torch.device) else str(device or "auto").split(":")[0]
+    record = {"device": kind, "torch": torch.__version__,
+              "threads": int(threads if threads is not None else torch.get_num_threads())}
+    if kind == "cuda" and torch.cuda.is_available():
+        record["gpu"] = torch.cuda.get_device_name(device)
+    return record
 
 
 def package_versions() -> dict[str, str]:
@@ -268,7 +292,14 @@ def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
     stylizer = Stylizer(cfg, device=device, working_size=working, colour_reference=reference,
                         precision=opts.precision)
     stylizer.plan_tiles(working, tile=opts.tile, max_memory=opts.max_memory)
-    work, _ = open_run_workdir(plan, stylizer.weights.weights_id, opts)
+    work, _ = open_run_workdir(plan, stylizer.weights.weights_id, opts, device=device)
+    with work:  # locked until the end; a run stopped before its first frame leaves no work dir behind
+        return _stylize_in_workdir(plan, stylizer, work, opts, progress)
+
+
+def _stylize_in_workdir(plan: RunPlan, stylizer: Stylizer, work: WorkDir, opts: RunOptions,
+                        progress: ProgressFactory | None) -> RunSummary:
+    cfg, info, output, working, workdir = plan.cfg, plan.info, plan.output, plan.working, plan.workdir
     resumed_from = work.finished_count
     PHASES.reset()
     t0 = time.monotonic()
@@ -338,6 +369,9 @@ def plan_run(source: str | os.PathLike, output: str | os.PathLike, cfg: StyleCon
     cfg = _with_absolute_paths(cfg)  # the manifest must work from any directory (`videostyle resume`)
     info = probe_video(source)
     check_output_path(output, input_path=source)
+    check_not_an_input(output, style_inputs(cfg))
+    check_snapshots_not_inputs(output, opts.save_every, [("input video", source), *style_inputs(cfg)])
+    check_encoder_options(opts.crf, opts.preset)
     if opts.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {opts.batch_size}")
     working = images.working_size(info.width, info.height, cfg.size)
@@ -349,13 +383,22 @@ def plan_run(source: str | os.PathLike, output: str | os.PathLike, cfg: StyleCon
     return RunPlan(cfg, info, output, working, out_size, workdir)
 
 
-def open_run_workdir(plan: RunPlan, weights_id: str, opts: RunOptions) -> tuple[WorkDir, dict]:
-    """Create or resume the run's work dir (refused when it belongs to another run); returns it and this
-    run's manifest (on a resume, the work dir keeps the manifest it was made with)."""
+def open_run_workdir(plan: RunPlan, weights_id: str, opts: RunOptions, *,
+                     device: torch.device | None = None, threads: int | None = None) -> tuple[WorkDir, dict]:
+    """Create or resume the run's work dir (refused when it belongs to another run, or in use by another
+    process); returns it, locked (use it as a context manager), and this run's manifest (on a resume,
+    the work dir keeps the manifest it was made with). ``device``/``threads``: where the frames are
+    made (default: ``opts.device``, this process's torch threads), recorded to warn on a resume
+    elsewhere."""
     run_opts = replace(opts, workdir=str(plan.workdir.resolve()), restart=False)
     manifest = build_manifest(plan.cfg, plan.info, weights_id, plan.working, output=plan.output, opts=run_opts)
+    manifest["machine"] = machine_record(device, threads)
     work = WorkDir.open(plan.workdir, manifest, restart=opts.restart)
-    _note_resume(work, manifest)
+    try:
+        _note_resume(work, manifest)
+    except BaseException:
+        work.close()
+        raise
     return work, manifest
 
 
@@ -410,10 +453,17 @@ def _note_resume(work: WorkDir, manifest: dict) -> None:
     old, new = work.manifest.get("versions", {}), manifest["versions"]
     changed = [f"{name} {old[name]} -> {new[name]}" for name in sorted(new)
                if name in old and old[name] != new.get(name)]
-    if changed:
-        warnings.warn(f"resuming {work.finished_count} frames made with other package versions "
-                      f"({', '.join(changed)}); the remaining frames may differ slightly from an "
-                      f"uninterrupted run", stacklevel=2)
+    # Device and thread count change the float sums' order, so the frames' last bits (measured: up to
+    # 47/255 a few frames later, through the warm start). Resuming elsewhere is a real use: warn only.
+    old_machine, new_machine = work.manifest.get("machine"), manifest.get("machine", {})
+    moved = [f"{name} {old_machine[name]} -> {new_machine[name]}" for name in ("device", "gpu", "threads")
+             if isinstance(old_machine, dict) and name in old_machine and name in new_machine
+             and old_machine[name] != new_machine[name]]
+    if changed or moved:
+        what = " and ".join(w for w, c in (("with other package versions", changed),
+                                             ("on another device or thread count", moved)) if c)
+        warnings.warn(f"resuming {work.finished_count} frames made {what} ({', '.join(changed + moved)}); "
+                      f"the remaining frames may differ slightly from an uninterrupted run", stacklevel=2)
 
 
 def _encode_journaled(work: WorkDir, info: VideoInfo, output: Path, out_size: tuple[int, int],
@@ -491,15 +541,35 @@ def check_working_size(cfg: StyleConfig, working: tuple[int, int]) -> None:
     Each pooling halves the picture (rounding down); a layer after ``p`` poolings needs a short edge of
     at least ``2**p`` px (relu5_1: 16 px), or its feature map is empty.
     """
-    layers = [name for name, _ in (*cfg.content_layers, *cfg.style_layers) if name in LAYER_NAMES]
-    if not layers:
-        return  # VGGEncoder reports unknown names
-    deepest = max(layers, key=LAYER_NAMES.index)
-    poolings = sum(1 for name in LAYER_NAMES[:LAYER_NAMES.index(deepest)] if name.startswith("pool"))
-    need = 2 ** poolings
+    deepest, need = _deepest_layer(cfg)
     if min(working) < need:
         raise InputError(f"working size {working[0]}x{working[1]} px is too small for layer {deepest}, "
                          f"which needs a short edge of at least {need} px; raise --size")
+
+
+def _deepest_layer(cfg: StyleConfig) -> tuple[str | None, int]:
+    """The deepest VGG layer ``cfg`` uses and the short edge it needs, px (1 when no known layer)."""
+    layers = [name for name, _ in (*cfg.content_layers, *cfg.style_layers) if name in LAYER_NAMES]
+    if not layers:
+        return None, 1  # VGGEncoder reports unknown names
+    deepest = max(layers, key=LAYER_NAMES.index)
+    poolings = sum(1 for name in LAYER_NAMES[:LAYER_NAMES.index(deepest)] if name.startswith("pool"))
+    return deepest, 2 ** poolings
+
+
+def check_image_shape(what: str, path: str | os.PathLike, size: tuple[int, int], long_edge: int,
+                      cfg: StyleConfig) -> tuple[int, int]:
+    """The size ``(W, H)`` an image of ``size`` px is scaled to for a long edge of ``long_edge`` px;
+    ``InputError`` (one line) when that is too thin for the deepest layer used (a 100000x2 px image):
+    torch would fail deep inside VGG ("Output size is too small")."""
+    scaled = images.working_size(size[0], size[1], long_edge)
+    deepest, need = _deepest_layer(cfg)
+    if min(scaled) < need:
+        ratio = max(1, long_edge // need)
+        raise InputError(f"{what} {str(path)!r} is {size[0]}x{size[1]} px, scaled to {scaled[0]}x{scaled[1]} px: "
+                         f"too thin for layer {deepest}, which needs a short edge of at least {need} px; "
+                         f"expected an image at most {ratio} times as long as it is wide")
+    return scaled
 
 
 # Decoded source frames held at once: the prefetch queue (8), the flow worker's queue and history (4 +
@@ -713,20 +783,23 @@ def stylize_image(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
 
     Returns the final loss terms.
     """
-    output = check_image_output(output)
+    inputs = [("input image", source), *style_inputs(cfg)]
+    output = check_image_output(output, inputs=inputs)
+    check_snapshots_not_inputs(output, opts.save_every, inputs)
     rgb = images.load_image(source)
+    check_image_shape("image", source, (rgb.shape[1], rgb.shape[0]), cfg.size, cfg)
     out, losses = stylise_still(rgb, cfg, device=pick_device(opts.device),
                                 snapshots=_snapshot_writer(output, opts.save_every), precision=opts.precision,
                                 tile=opts.tile, max_memory=opts.max_memory)
-    tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
-    images.save_image(out, tmp)
-    os.replace(tmp, output)
+    images.save_image_atomic(out, output)
     return losses
 
 
-def check_image_output(output: str | os.PathLike) -> Path:
-    """``OutputError`` when an image cannot be written to ``output`` (missing dir, unknown extension)."""
+def check_image_output(output: str | os.PathLike, *, inputs=()) -> Path:
+    """``OutputError`` when an image cannot be written to ``output`` (missing dir, unknown extension, or
+    it is one of ``inputs``, ``(what, path)`` pairs: see :func:`videostyle.paths.check_not_an_input`)."""
     output = Path(output)
+    check_not_an_input(output, inputs)
     if not output.parent.is_dir():
         raise OutputError(f"output directory does not exist: {str(output.parent)!r}")
     if output.suffix.lower() not in Image.registered_extensions():

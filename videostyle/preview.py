@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from . import images
 from .config import StyleConfig
 from .errors import InputError
+from .paths import style_inputs
 from .video.decode import SourceFrame, iter_frames
 from .video.probe import probe_video
 
@@ -77,14 +78,12 @@ def preview_frame(video: str | os.PathLike, output: str | os.PathLike, cfg: Styl
     """Stylise the frame nearest ``at`` alone (``cfg.iters_first`` iterations) into the image ``output``."""
     from .pipeline import check_image_output, pick_device, stylise_still
 
-    output = check_image_output(output)
+    output = check_image_output(output, inputs=[("input video", video), *style_inputs(cfg)])
     frame, t = frame_at(video, at)
     t0 = time.monotonic()
     rgb, _ = stylise_still(frame.rgb, cfg, device=pick_device(device), precision=precision)
     seconds = time.monotonic() - t0
-    tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
-    images.save_image(rgb, tmp)
-    os.replace(tmp, output)
+    images.save_image_atomic(rgb, output)
     return Shot(t, seconds, (rgb.shape[1], rgb.shape[0]))
 
 

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from . import images
 from .config import StyleConfig
+from .paths import style_inputs
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def contact_sheet(video: str | os.PathLike, output: str | os.PathLike, cfg: Styl
     from .pipeline import check_image_output, pick_device, stylise_still
     from .preview import frame_at
 
-    output = check_image_output(output)
+    output = check_image_output(output, inputs=[("input video", video), *style_inputs(cfg)])
     frame, t = frame_at(video, at)
     t0 = time.monotonic()
     dev = pick_device(device)
@@ -112,7 +113,5 @@ def contact_sheet(video: str | os.PathLike, output: str | os.PathLike, cfg: Styl
             row.append((rgb, f"{name} c{cw:g} s{sw:g}"))
         cells.append(row)
     sheet = compose(cells, working)
-    tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
-    sheet.save(tmp)
-    os.replace(tmp, output)
+    images.save_image_atomic(sheet, output)
     return SheetResult(len(cfg.styles), len(combos), working, label_band_height(), t, time.monotonic() - t0)

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..background import BackgroundIterator
 from ..errors import InputError
-from .probe import VideoInfo, ffmpeg_errors_shown, ffmpeg_reason, open_input
+from .probe import FFMPEG_LOG, VideoInfo, ffmpeg_errors_shown, ffmpeg_reason, open_input
 
 __all__ = ["SourceFrame", "TruncatedVideoWarning", "SeekError", "iter_frames", "keyframes", "FramePrefetcher"]
 
@@ -78,6 +78,7 @@ def iter_frames(info: VideoInfo, *, start: int = 0,
     if start < 0:
         raise ValueError(f"start must be >= 0, got {start}")
     shown = str(info.path)
+    logged_before = FFMPEG_LOG.count  # FFmpeg's lines during this decode: the sign of concealed damage
     container = open_input(info.path)
     index = 0
     last_pts: int | None = None
@@ -125,7 +126,20 @@ def iter_frames(info: VideoInfo, *, start: int = 0,
         raise InputError(f"no decodable video frame in {shown!r} ({reason or 'the stream has no frames'})")
     if reason is None:
         reason = _early_end(info, index, last_pts)
+    logged = FFMPEG_LOG.count - logged_before
+    if reason is None and logged:
+        # FFmpeg concealed the damage (no packet was rejected): its log lines are the only sign.
+        expected = f" of {info.frame_count} expected" if info.frame_count else ""
+        FFMPEG_LOG.mark_reported()
+        warnings.warn(
+            f"video {shown!r} is damaged: decoded {index} frames{expected}, but FFmpeg reported "
+            f"{logged} error{'' if logged == 1 else 's'} in them (last: {FFMPEG_LOG.last}); damaged parts "
+            f"may show blocks or smears",
+            TruncatedVideoWarning,
+            stacklevel=2,
+        )
     if reason is not None:
+        FFMPEG_LOG.mark_reported()
         expected = f" of {info.frame_count} expected" if info.frame_count else ""
         skipped = f", skipped {bad_packets} damaged packets" if bad_packets else ""
         ending = ", then reading stopped" if stopped_by is not None else ""

@@ -26,6 +26,7 @@ import av
 import numpy as np
 
 from ..errors import OutputError
+from ..paths import check_not_an_input
 from .probe import AudioStreamInfo, VideoInfo, ffmpeg_errors_shown, open_input
 
 __all__ = ["OUTPUT_FORMATS", "check_output_path", "encode_video", "remove_partial_outputs"]
@@ -60,8 +61,8 @@ def check_output_path(output_path: str | os.PathLike, *, input_path: str | os.Pa
         supported = ", ".join(OUTPUT_FORMATS)
         got = repr(ext) if ext else "(none)"
         raise OutputError(f"unsupported output extension {got} in {shown!r}: expected one of {supported}")
-    if input_path is not None and _same_file(path, Path(input_path)):
-        raise OutputError(f"output path is the input video: {shown!r} (writing it would destroy the input)")
+    if input_path is not None:
+        check_not_an_input(path, [("input video", input_path)])
     parent = path.parent
     if not parent.exists():
         raise OutputError(f"output directory does not exist: {str(parent)!r}")
@@ -76,6 +77,19 @@ def check_output_path(output_path: str | os.PathLike, *, input_path: str | os.Pa
     except OSError as exc:
         raise OutputError(f"output directory is not writable: {str(parent)!r} ({exc.strerror})") from exc
     return path
+
+
+# libx264's presets and its --crf range: checked before a run starts (the encoder opens only after work).
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+
+
+def check_encoder_options(crf: int, preset: str) -> None:
+    """``ValueError`` (one line) for a --crf or --preset libx264 would refuse."""
+    if not 0 <= crf <= 51:
+        raise ValueError(f"--crf must be between 0 and 51, got {crf}")
+    if preset not in X264_PRESETS:
+        raise ValueError(f"--preset must be one of {', '.join(X264_PRESETS)}; got {preset!r}")
 
 
 def _partial_affixes(out_path: Path) -> dict[str, str]:
@@ -98,13 +112,6 @@ def remove_partial_outputs(output_path: str | os.PathLike) -> int:
         except OSError:
             pass
     return removed
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return a.resolve() == b.resolve()
 
 
 def encode_video(

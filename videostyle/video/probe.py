@@ -12,6 +12,7 @@ Convention:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -101,6 +102,32 @@ class VideoInfo:
         """
         rate = self.average_rate or Fraction(25)
         return max(1, round(1 / (rate * self.time_base)))
+
+
+class FFmpegLogCounter(logging.Handler):
+    """Counts the lines FFmpeg logs (PyAV sends them to the ``libav.*`` loggers), keeping the last.
+
+    A damaged picture that FFmpeg conceals raises no error: its log lines are the only sign, so
+    :func:`videostyle.video.decode.iter_frames` compares :attr:`count` before and after a decode. The
+    CLI hides the raw lines and ends with its own summary (``reported``: the count our warnings cover).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.count = 0
+        self.reported = 0
+        self.last = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1  # under the handler's lock (Handler.handle)
+        self.last = " ".join(record.getMessage().split())
+
+    def mark_reported(self) -> None:
+        self.reported = self.count
+
+
+FFMPEG_LOG = FFmpegLogCounter()
+logging.getLogger("libav").addHandler(FFMPEG_LOG)
 
 
 def ffmpeg_errors_shown() -> None:
