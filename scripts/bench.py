@@ -15,7 +15,11 @@
 (3) end-to-end frames per second of `videostyle stylize` at --quality (its iterations and octaves, at
     --size) on the first --frames frames of a real clip, decode, flow, journal and encode included;
 (4) peak memory (process max RSS on CPU; max allocated on CUDA), and with --check-size WxH whether
-    one iteration at that size (e.g. 1920x1080) fits, with its peak memory.
+    one iteration at that size (e.g. 1920x1080) fits, with its peak memory;
+(5) with --tiled WxH: seconds per iteration and peak memory of one frame at that size untiled and with
+    --tile-px tiles (each in a fresh process, so each peak RSS is its own), --tile-iters iterations with
+    --lbfgs-history pairs; and, from videostyle.memory's model, the largest 16:9 frame that fits
+    --budget GB untiled and tiled.
 Untrained seeded weights by default (no weights can be downloaded here): timings do not depend on
 the weights' values, but the iteration counts are only indicative of ImageNet behaviour.
 """
@@ -23,6 +27,7 @@ the weights' values, but the iteration counts are only indicative of ImageNet be
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import statistics
 import sys
@@ -116,9 +121,26 @@ def main() -> None:
     ap.add_argument("--precisions", default=None,
                     help="precisions for (1), comma-separated (default fp32 on CPU, fp32,bf16 on CUDA)")
     ap.add_argument("--parts", default="1,2,3,4", help="which measurements to run (default 1,2,3,4)")
+    ap.add_argument("--tiled", default=None, help="(5): the frame size WxH to compare tiled and untiled at")
+    ap.add_argument("--tile-px", type=int, default=512)
+    ap.add_argument("--tile-iters", type=int, default=5)
+    ap.add_argument("--lbfgs-history", type=int, default=5)
+    ap.add_argument("--budget", type=float, default=2.5, help="GB for (5)'s largest-size rows")
+    ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--check-size", default=None,
                     help="also check that one iteration at WxH fits in memory (e.g. 1920x1080)")
     args = ap.parse_args()
+    if args._child:  # (5)'s measurement in its own process
+        print(json.dumps(tiled_child(args)))
+        return
+    if args.tiled:
+        rows = tiled_rows(args)
+        width = max(len(k) for k, _ in rows)
+        print(f"videostyle bench (5): weights {args.weights}, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads")
+        for key, value in rows:
+            print(f"{key:<{width}}  {value}")
+        return
     parts = {int(p) for p in args.parts.split(",")}
     device = pick_device(args.device)
     if args.precisions is None:
@@ -273,6 +295,68 @@ def end_to_end(args) -> tuple[str, str]:
     return (f"(3) end to end, {summary.frames} frames, --quality {args.quality} at {args.size} px "
             f"(iters {cfg.iters_first},{cfg.iters}, octaves {cfg.octaves})",
             f"{summary.frames / total:.3f} frames/s ({total / summary.frames:.2f} s/frame)")
+
+
+def tiled_child(args) -> dict:
+    """One frame of --tiled's size, --tile-iters iterations, tiled when ``--_child tiled``."""
+    from videostyle.pipeline import Stylizer
+    width, height = (int(v) for v in args.tiled.lower().split("x"))
+    cfg = StyleConfig(styles=(args.style,), size=max(width, height), weights=args.weights,
+                      lbfgs_history=args.lbfgs_history)
+    frame = images.resize_rgb(read_frames(Path(args.clip), 1)[0], (width, height))
+    stylizer = Stylizer(cfg, device=pick_device(args.device), working_size=(width, height))
+    stylizer.plan_tiles((width, height), tile=args.tile_px if args._child == "tiled" else 10**9)
+    content = images.to_tensor(frame, stylizer.device)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    stylizer.stylise(content, content, iterations=args.tile_iters, warm_started=True, evaluate_result=False)
+    seconds = (time.perf_counter() - t) / args.tile_iters
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": seconds, "peak_mib": peak / 1024, "before_mib": base / 1024}
+
+
+def tiled_rows(args) -> list[tuple[str, str]]:
+    """(5): tiled against untiled at --tiled, each in a fresh process; the largest sizes for --budget."""
+    import subprocess
+    from videostyle import memory
+    from videostyle.features import VGGEncoder
+    from videostyle.tiled import TILE_HALO
+    rows, results = [], {}
+    for mode in ("untiled", "tiled"):
+        cmd = [sys.executable, __file__, "--_child", mode, *sys.argv[1:]]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        results[mode] = json.loads(out)
+        r = results[mode]
+        rows.append((f"(5) {args.tiled} {mode}{f' (tile {args.tile_px} px, halo {TILE_HALO})' if mode == 'tiled' else ''}, "
+                     f"{args.tile_iters} it, history {args.lbfgs_history}",
+                     f"{r['seconds']:.2f} s/iteration, peak RSS {r['peak_mib']:.0f} MiB "
+                     f"({r['before_mib']:.0f} before the iterations)"))
+    rows.append(("(5) tiled / untiled: time per iteration, peak RSS",
+                 f"{results['tiled']['seconds'] / results['untiled']['seconds']:.2f}x, "
+                 f"{results['tiled']['peak_mib'] / results['untiled']['peak_mib']:.2f}x"))
+    encoder = VGGEncoder(["relu4_2", *STYLE_LAYERS], resolve_weights(args.weights))
+    stack = [name for name, _ in encoder.stack.named_children()]
+    weights_bytes = sum(p.numel() * p.element_size() for p in encoder.parameters())
+    budget = int(args.budget * 2**30)
+    for history in (50, args.lbfgs_history):
+        largest = {}
+        for mode in ("untiled", "tiled"):
+            best = None
+            for long_edge in range(256, 8192 + 1, 64):
+                w, h = long_edge, long_edge * 9 // 16
+                try:
+                    tile = memory.choose_tile(h, w, stack, budget_bytes=budget, halo=TILE_HALO,
+                                              read_layers=encoder.layers, history_size=history,
+                                              weights_bytes=weights_bytes)
+                except ValueError:
+                    break
+                if mode == "untiled" and tile is not None:
+                    break
+                best = f"{w}x{h}"
+            largest[mode] = best
+        rows.append((f"(5) model: largest 16:9 frame in {args.budget:g} GB, history {history}: untiled / tiled",
+                     f"{largest['untiled']} / {largest['tiled']}"))
+    return rows
 
 
 if __name__ == "__main__":

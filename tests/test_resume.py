@@ -235,3 +235,17 @@ def test_a_run_killed_just_before_a_scene_cut_resumes_to_the_same_frames(tmp_pat
     assert len(_frames(tmp_path / "cut.work")) == 3
     assert main(argv) == 0
     assert _frames(tmp_path / "cut.work") == _frames(tmp_path / "whole.work")
+
+
+def test_a_tiled_run_killed_resumes_to_the_same_frames(job, tmp_path):
+    """--tile 16 (several tiles at this size): a run killed after frame 2 was journaled resumes to the
+    frames of an uninterrupted tiled run, byte for byte."""
+    root, clip, style, _, _ = job
+    assert main(_args(tmp_path, clip, style, "whole", "--tile", "16")) == 0
+    reference = _frames(tmp_path / "whole.work")
+    argv = _args(tmp_path, clip, style, "t", "--tile", "16")
+    killed = _spawn(argv, kill_at="journal:2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert _frames(tmp_path / "t.work") == _prefix(reference, 3)
+    assert main(argv) == 0
+    assert _frames(tmp_path / "t.work") == reference

@@ -56,7 +56,7 @@ def _stylizer(octaves: int, size=(160, 160)) -> tuple[Stylizer, torch.Tensor]:
     cfg = StyleConfig(styles=(__file__,), weights="untrained", octaves=octaves,
                       content_layers=(("relu2_1", 1.0),), style_layers=tuple(STYLE_LAYERS.items()))
     stylizer = Stylizer.__new__(Stylizer)  # the style image is a tensor here, not a file
-    stylizer.cfg, stylizer.device = cfg, torch.device("cpu")
+    stylizer.cfg, stylizer.device, stylizer.tile = cfg, torch.device("cpu"), None
     stylizer.loss_weights = optimise.LossWeights(1.0, 20.0, 0.0, {"relu2_1": 1.0}, STYLE_LAYERS)
     stylizer.encoder = features.VGGEncoder(["relu2_1", *STYLE_LAYERS], features.resolve_weights("untrained"))
     style = (torch.rand(1, 3, 64, 64, generator=g) > 0.5).float()
@@ -112,8 +112,13 @@ def test_octaves_below_the_minimum_size_fall_back_to_full_size_only():
 def test_video_loop_skips_the_final_evaluation_and_reports_the_last_iteration():
     stylizer, content = _stylizer(1)
     calls = []
-    objective = optimise.FrameObjective(stylizer.encoder, content, stylizer.targets, stylizer.loss_weights)
-    counted = lambda image: calls.append(1) or objective(image)  # noqa: E731
+
+    class Counted(optimise.FrameObjective):  # counts the objective's evaluations
+        def __call__(self, image):
+            calls.append(1)
+            return super().__call__(image)
+
+    objective = counted = Counted(stylizer.encoder, content, stylizer.targets, stylizer.loss_weights)
     result = optimise.stylise_frame(counted, content, iterations=4, evaluate_result=False)
     assert len(calls) == 4 and result.losses["total"] == result.history[-1]
     calls.clear()

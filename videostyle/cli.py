@@ -52,6 +52,29 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {text!r}")
+    return value
+
+
+_MEMORY_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _memory_size(text: str) -> int:
+    """``4GB``, ``4G``, ``512MB``, ``2.5GiB`` -> bytes (binary units)."""
+    number = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = number[-1:] if number[-1:] in _MEMORY_UNITS else ""
+    try:
+        value = float(number[:-1] if unit else number) * _MEMORY_UNITS.get(unit, 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 4GB or 512MB, got {text!r}") from None
+    if not unit or value < 2**20:
+        raise argparse.ArgumentTypeError(f"expected a size such as 4GB or 512MB, got {text!r}")
+    return int(value)
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(","))
 
@@ -111,12 +134,20 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
     g.add_argument("--tol", type=float, default=0.0,
                    help="stop a frame early once its loss fell by less than this fraction over the last 10 "
                         "iterations, --iters being the most (0: off; e.g. 0.01)")
+    g.add_argument("--lbfgs-history", type=_positive_int, default=50, metavar="N",
+                   help="L-BFGS correction pairs kept (default 50); each costs 2 x 3 x H x W floats: fewer "
+                        "for large frames in little memory")
     g.add_argument("--weights", default="auto", help="VGG-19 weights: auto|imagenet|untrained|PATH")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument(device_flag, dest="device", default="auto", help="auto|cpu|cuda|cuda:N")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="VGG's convolutions in fp32 (default), bf16 or fp16 (autocast, for GPUs with tensor "
                         "cores; the image and the losses stay fp32)")
+    g.add_argument("--max-memory", type=_memory_size, default=None, metavar="SIZE",
+                   help="memory for one frame's optimisation, e.g. 4GB: larger frames run VGG on tiles, with "
+                        "the same result to float rounding (default: the device's, less a margin)")
+    g.add_argument("--tile", type=_positive_int, default=None, metavar="PX",
+                   help="run VGG on tiles of at most PX px a side (default: only when --max-memory needs it)")
     a = p.add_argument_group("artistic controls")
     a.add_argument("--preserve-colors", action="store_true",
                    help="luminance-only transfer: keep the content's colours (Gatys et al. 2016)")
@@ -289,6 +320,7 @@ def _style_config(args: argparse.Namespace, *, video: bool) -> StyleConfig:
         content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
         range_weight=args.range_weight,
         pooling=args.pooling, init_first=args.init_first, tol_loss_relative=args.tol,
+        lbfgs_history=args.lbfgs_history,
         weights=args.weights, seed=args.seed, preserve_colors=args.preserve_colors, mask=args.mask,
         mask_feather=args.mask_feather)
     if args.content_layers:
@@ -340,7 +372,7 @@ def _run(args: argparse.Namespace) -> int:
         _report(summary, args.quiet)
         return 0
     opts = RunOptions(device=args.device, quiet=args.quiet, verbose=args.verbose, precision=args.precision,
-                      save_every=args.save_every)
+                      save_every=args.save_every, tile=args.tile, max_memory=args.max_memory)
     if args.command == "image":
         cfg = _style_config(args, video=False)
         output = args.output or _default_output(args.input, cfg.styles, ".png")
@@ -354,7 +386,8 @@ def _run(args: argparse.Namespace) -> int:
                       workdir=args.workdir, quiet=args.quiet, verbose=args.verbose, restart=args.restart,
                       keep_workdir=args.keep_workdir, batch_size=args.batch_size, precision=args.precision,
                       save_every=args.save_every, ray=args.ray, segment_frames=args.segment_frames,
-                      segment_overlap=args.segment_overlap, ray_cpus=args.ray_cpus, scene_cuts=args.scene_cuts)
+                      segment_overlap=args.segment_overlap, ray_cpus=args.ray_cpus, scene_cuts=args.scene_cuts,
+                      tile=args.tile, max_memory=args.max_memory)
     args.workdir_shown = args.workdir or str(pipeline.default_workdir(Path(output)))
     summary = pipeline.stylize_video(args.input, output, cfg, opts, progress=_progress_factory(args.quiet))
     _report(summary, args.quiet)
@@ -497,7 +530,7 @@ def _webcam(args: argparse.Namespace) -> int:
     workdir = raw.with_name(raw.name + ".videostyle-work")
     opts = RunOptions(device=args.device, crf=args.crf, preset=args.preset, workdir=str(workdir),
                       quiet=args.quiet, verbose=args.verbose, keep_workdir=args.keep_workdir,
-                      precision=args.precision)
+                      precision=args.precision, tile=args.tile, max_memory=args.max_memory)
     try:
         summary = pipeline.stylize_video(raw, output, cfg, opts, progress=_progress_factory(args.quiet))
     except KeyboardInterrupt:

@@ -56,6 +56,8 @@ class StyleConfig:
         tol_loss_relative: stop a frame early when the loss fell by less than this fraction over the
             last :data:`~videostyle.optimise.TOL_WINDOW` iterations (0 disables), as artistic-videos'
             ``-tol_loss_relative`` with its interval.
+        lbfgs_history: L-BFGS correction pairs kept (neural-style's ``-lbfgs_num_correction``); each is
+            two ``3 x H x W`` float32 vectors: 50 pairs are 2.5 GB at 1920x1080 (:mod:`videostyle.memory`).
         weights: ``auto|imagenet|untrained|PATH`` (see :mod:`videostyle.features`).
         seed: seeds noise init; the untrained weights have their own fixed seed.
         preserve_colors: luminance-only transfer, the output keeps the content's chroma
@@ -90,6 +92,7 @@ class StyleConfig:
     flow: str = "dis"
     flow_offsets: tuple[int, ...] = (1,)
     tol_loss_relative: float = 0.0
+    lbfgs_history: int = 50  # optimise.LBFGS_HISTORY; fewer pairs for large frames (memory)
     weights: str = "auto"
     seed: int = 0
     preserve_colors: bool = False
@@ -110,6 +113,8 @@ class StyleConfig:
             raise ValueError(f"--range-weight must be >= 0, got {self.range_weight}")
         if self.size < 16:
             raise ValueError(f"--size must be at least 16 px, got {self.size}")
+        if self.lbfgs_history < 1:
+            raise ValueError(f"--lbfgs-history must be at least 1, got {self.lbfgs_history}")
         if self.iters_first < 0 or self.iters < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iters_first},{self.iters}")
         if not 1 <= self.octaves <= 5:

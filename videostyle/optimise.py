@@ -23,8 +23,8 @@ from .lbfgs import LBFGS
 # to 1/|gradient|_1, so it barely changes the loss (measured: 61.546 -> 61.535 at 256 px).
 TOL_WINDOW = 10
 
-# L-BFGS correction pairs kept (torch's default is 100): each pair is two 3 x H x W float32 vectors,
-# 10 GB for 50 pairs at 3840x2160 (videostyle.memory).
+# L-BFGS correction pairs kept by default (--lbfgs-history; torch's default is 100): each pair is two
+# 3 x H x W float32 vectors, 10 GB for 50 pairs at 3840x2160 (videostyle.memory).
 LBFGS_HISTORY = 50
 
 
@@ -163,7 +163,7 @@ class FrameResult:
 
 def stylise_frame(objective: FrameObjective, init: torch.Tensor, *, iterations: int,
                   optimizer: str = "lbfgs", learning_rate: float = 0.02,
-                  tol_loss_relative: float = 0.0,
+                  tol_loss_relative: float = 0.0, history_size: int = LBFGS_HISTORY,
                   on_iteration: Callable[[int, float], None] | None = None,
                   evaluate_result: bool = True,
                   on_image: Callable[[int, torch.Tensor], None] | None = None) -> FrameResult:
@@ -177,13 +177,15 @@ def stylise_frame(objective: FrameObjective, init: torch.Tensor, *, iterations: 
     once the loss changed by less than ``tol * loss`` over the last :data:`TOL_WINDOW` iterations
     (in either direction: L-BFGS without a line search can rise for a few steps, which is not flat).
 
+    ``history_size``: L-BFGS's correction pairs (each two ``3 x H x W`` float32 vectors).
+
     ``evaluate_result``: the returned ``losses`` are those of the returned (clamped) image, at the cost
     of one more forward pass (~1/3 of an iteration); with False they are the last iteration's, i.e. of
     the image one step before the end (the video loop uses them only for its progress line).
     """
     x = init.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
     if optimizer == "lbfgs":  # torch.optim.LBFGS's maths, without its ~100 device syncs per step
-        opt = LBFGS(x, history_size=LBFGS_HISTORY)
+        opt = LBFGS(x, history_size=history_size)
     elif optimizer == "adam":
         opt = torch.optim.Adam([x], lr=learning_rate)
     else:

@@ -35,7 +35,7 @@ from .flow import FlowEstimator, FlowWorker
 from .frame_writer import FrameWriter
 from .journal import WorkDir, file_fingerprint
 from .masks import FrameMasks, composite
-from .optimise import (LBFGS_HISTORY, FrameObjective, FrameResult, LossWeights, StyleTargets,
+from .optimise import (FrameObjective, FrameResult, LossWeights, StyleTargets,
                        TemporalTerm, compute_style_targets, stylise_coarse_to_fine, stylise_frame)
 from .paths import check_not_an_input, style_inputs
 from .snapshots import check_snapshots_not_inputs
@@ -137,7 +137,8 @@ class Stylizer:
         (docs/BENCHMARKS.md), coarse levels there cost more iterations to the same loss than they save.
         """
         kwargs = dict(optimizer=self.cfg.optimizer, learning_rate=self.cfg.learning_rate,
-                      tol_loss_relative=self.cfg.tol_loss_relative, evaluate_result=evaluate_result,
+                      tol_loss_relative=self.cfg.tol_loss_relative, history_size=self.cfg.lbfgs_history,
+                      evaluate_result=evaluate_result,
                       on_image=on_image)
         if self.cfg.octaves > 1 and not warm_started:
             return stylise_coarse_to_fine(self.encoder, content, init, self.targets, self.loss_weights,
@@ -162,10 +163,10 @@ class Stylizer:
             self.tile = memory.choose_tile(
                 height, width, [name for name, _ in self.encoder.stack.named_children()], budget_bytes=budget,
                 halo=TILE_HALO, precision=self.precision, read_layers=self.encoder.layers,
-                history_size=LBFGS_HISTORY,
+                history_size=self.cfg.lbfgs_history,
                 weights_bytes=sum(p.numel() * p.element_size() for p in self.encoder.parameters()))
         except ValueError as exc:
-            raise InputError(f"{exc}; lower --size or raise --max-memory") from exc
+            raise InputError(f"{exc}; lower --lbfgs-history or --size, or raise --max-memory") from exc
         if self.tile is not None:
             log.info("%dx%d px frames are optimised in tiles of %d px to fit %.1f GiB", width, height,
                      self.tile, budget / 2**30)
@@ -294,7 +295,18 @@ def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
     stylizer.plan_tiles(working, tile=opts.tile, max_memory=opts.max_memory)
     work, _ = open_run_workdir(plan, stylizer.weights.weights_id, opts, device=device)
     with work:  # locked until the end; a run stopped before its first frame leaves no work dir behind
+        _keep_tiling(work, stylizer, opts)
         return _stylize_in_workdir(plan, stylizer, work, opts, progress)
+
+
+def _keep_tiling(work: WorkDir, stylizer: Stylizer, opts: RunOptions) -> None:
+    """A resume keeps the tiling the run started with, unless ``--tile`` says otherwise: the default
+    tile follows the memory free at the time, and tiled and untiled frames differ by float rounding,
+    which would end the byte-identical resume. The first run records its tile in the manifest."""
+    if opts.tile is None and "tile" in work.manifest:
+        stylizer.tile = work.manifest["tile"]
+    elif work.manifest.get("tile", "unset") != stylizer.tile:
+        work.update_manifest(tile=stylizer.tile)
 
 
 def _stylize_in_workdir(plan: RunPlan, stylizer: Stylizer, work: WorkDir, opts: RunOptions,
