@@ -624,8 +624,9 @@ def _test_kill_point(point: str, index: int | None = None, *,
     ``frame:N`` dies once frame N is optimised, before any of it is written (as if killed mid-frame;
     ``before_kill`` lets the frames handed to the writer land first, so the test knows what is kept),
     ``journal:N`` right after frame N was journaled, ``encode`` in the middle of encoding (after two
-    frames went to the encoder, so a partial output file exists). Never set it outside tests
-    (tests/test_resume.py).
+    frames went to the encoder, so a partial output file exists); ``tmp:N`` and ``renamed:N`` are
+    inside :meth:`~videostyle.journal.WorkDir.write_frame`. Never set it outside tests
+    (tests/test_resume.py, tests/test_faults.py).
     """
     wanted = os.environ.get("VIDEOSTYLE_TEST_KILL_AT")
     if wanted and wanted == (point if index is None else f"{point}:{index}"):
