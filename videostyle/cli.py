@@ -16,11 +16,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
-from .config import (INITS, INITS_FIRST, OPTIMIZERS, POOLINGS, PRECISIONS, QUALITIES, QUALITY_PRESETS,
+from .config import (INITS, INITS_FIRST, MODELS, OPTIMIZERS, POOLINGS, PRECISIONS, QUALITIES, QUALITY_PRESETS,
                      RunOptions, StyleConfig)
 from .errors import VideoStyleError
 
 PROG = "videostyle"
+_WEIGHTS_HELP = ("auto (ImageNet from the torch hub cache or a download, else untrained with a warning) | "
+                 "imagenet | untrained | hed (VGG-16 (HED fine-tune of ImageNet VGG-16), made offline by "
+                 "scripts/trained_weights.py; needs --model vgg16) | PATH to a state dict (default auto)")
+_MODEL_HELP = "network whose features the losses use: vgg19 (default) or vgg16"
 _SAVE_EVERY_HELP = ("write the first frame every N iterations beside the output as OUTPUT_STEM.iter_NNNN.png, "
                     "for tuning (default 0: off)")
 
@@ -110,7 +114,8 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
     g.add_argument("--tol", type=float, default=0.0,
                    help="stop a frame early once its loss fell by less than this fraction over the last 10 "
                         "iterations, --iters being the most (0: off; e.g. 0.01)")
-    g.add_argument("--weights", default="auto", help="VGG-19 weights: auto|imagenet|untrained|PATH")
+    g.add_argument("--weights", default="auto", help=_WEIGHTS_HELP)
+    g.add_argument("--model", choices=MODELS, default="vgg19", help=_MODEL_HELP)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument(device_flag, dest="device", default="auto", help="auto|cpu|cuda|cuda:N")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32",
@@ -204,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("stylised", help="stylised video, or a directory of PNG frames (e.g. a --keep-workdir work dir)")
     v.add_argument("--source", required=True, help="the video it was made from")
     v.add_argument("--style", help="style image(s), comma-separated: also report content/style loss per frame")
-    v.add_argument("--weights", default="auto", help="VGG-19 weights for the losses: auto|imagenet|untrained|PATH")
+    v.add_argument("--weights", default="auto", help="weights for the losses: " + _WEIGHTS_HELP)
+    v.add_argument("--model", choices=MODELS, default="vgg19", help=_MODEL_HELP)
     v.add_argument("--device", default="auto")
     v.add_argument("--plot", help="write a PNG plot of the error per frame")
 
@@ -288,7 +294,7 @@ def _style_config(args: argparse.Namespace, *, video: bool) -> StyleConfig:
         content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
         range_weight=args.range_weight,
         pooling=args.pooling, init_first=args.init_first, tol_loss_relative=args.tol,
-        weights=args.weights, seed=args.seed, preserve_colors=args.preserve_colors, mask=args.mask,
+        weights=args.weights, model=args.model, seed=args.seed, preserve_colors=args.preserve_colors, mask=args.mask,
         mask_feather=args.mask_feather)
     if args.content_layers:
         kwargs["content_layers"] = args.content_layers
@@ -403,7 +409,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     styles = _path_list(args.style)
     result = evaluate.evaluate_frames(evaluate.read_frames(args.stylised), evaluate.read_frames(args.source),
-                                      styles=styles, weights=args.weights, device=args.device)
+                                      styles=styles, weights=args.weights, model=args.model,
+                                      device=args.device)
     print(evaluate.format_table(result))
     if args.plot:
         evaluate.write_plot(result.temporal_error, args.plot)

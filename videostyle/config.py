@@ -30,6 +30,7 @@ INITS = ("prev-warped-inside", "prev-warped", "prev", "content", "noise")
 OPTIMIZERS = ("lbfgs", "adam")
 POOLINGS = ("avg", "max")
 PRECISIONS = ("fp32", "bf16", "fp16")
+MODELS = ("vgg19", "vgg16")  # as features.MODELS
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ class StyleConfig:
         tol_loss_relative: stop a frame early when the loss fell by less than this fraction over the
             last :data:`~videostyle.optimise.TOL_WINDOW` iterations (0 disables), as artistic-videos'
             ``-tol_loss_relative`` with its interval.
-        weights: ``auto|imagenet|untrained|PATH`` (see :mod:`videostyle.features`).
+        weights: ``auto|imagenet|untrained|hed|PATH`` (see :mod:`videostyle.features`).
+        model: ``vgg19`` or ``vgg16``, the network whose features the losses use (``--model``).
         seed: seeds noise init; the untrained weights have their own fixed seed.
         preserve_colors: luminance-only transfer, the output keeps the content's chroma
             (:mod:`videostyle.colour`).
@@ -90,6 +92,7 @@ class StyleConfig:
     flow_offsets: tuple[int, ...] = (1,)
     tol_loss_relative: float = 0.0
     weights: str = "auto"
+    model: str = "vgg19"
     seed: int = 0
     preserve_colors: bool = False
     mask: str | None = None
@@ -113,6 +116,9 @@ class StyleConfig:
             raise ValueError(f"iterations must be >= 0, got {self.iters_first},{self.iters}")
         if not 1 <= self.octaves <= 5:
             raise ValueError(f"--octaves must be between 1 and 5, got {self.octaves}")
+        _check_choice("model", self.model, MODELS)
+        from .features import check_layers  # torch only once a config is built
+        check_layers([name for name, _ in (*self.content_layers, *self.style_layers)], self.model)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("pooling", self.pooling, POOLINGS)
         _check_choice("init-first", self.init_first, INITS_FIRST)

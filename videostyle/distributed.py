@@ -453,7 +453,7 @@ def stylize_video_ray(source, output, cfg: StyleConfig, opts: RunOptions, *, pro
     if planned is not None:
         planned -= sum(_journaled(seg_root / s.name) for s in segments)
     pipeline.check_disk_space(workdir, working, planned)
-    weights_id = resolve_weights(cfg.weights).weights_id  # the workers must resolve the same
+    weights_id = resolve_weights(cfg.weights, cfg.model).weights_id  # the workers must resolve the same
     work, manifest = pipeline.open_run_workdir(replace(plan, workdir=workdir), weights_id, opts)
     work.update_manifest(segments=[s.to_dict() for s in segments], scene_cuts=cuts if opts.scene_cuts else None)
     resumed_from = sum(_journaled(seg_root / s.name) for s in segments)

@@ -93,7 +93,7 @@ _FLAGS = {"style_weights": "--style-weights", "size": "--size", "style_scale": "
           "optimizer": "--optimizer", "learning_rate": "--lr", "content_weight": "--content-weight",
           "style_weight": "--style-weight", "tv_weight": "--tv-weight", "content_layers": "--content-layers",
           "style_layers": "--style-layers", "pooling": "--pooling", "init_first": "--init-first",
-          "tol_loss_relative": "--tol", "weights": "--weights", "seed": "--seed", "mask": "--mask",
+          "tol_loss_relative": "--tol", "weights": "--weights", "model": "--model", "seed": "--seed", "mask": "--mask",
           "mask_feather": "--mask-feather", "octaves": "--octaves", "range_weight": "--range-weight"}
 
 
