@@ -21,6 +21,7 @@ from .config import (INITS, INITS_FIRST, MODELS, OPTIMIZERS, POOLINGS, PRECISION
 from .errors import VideoStyleError
 
 PROG = "videostyle"
+_D = StyleConfig  # its field defaults are the CLI's (chosen in docs/BENCHMARKS.md, docs/TEMPORAL.md)
 _WEIGHTS_HELP = ("auto (ImageNet from the torch hub cache or a download, else untrained with a warning) | "
                  "imagenet | untrained | hed (VGG-16 (HED fine-tune of ImageNet VGG-16), made offline by "
                  "scripts/trained_weights.py; needs --model vgg16) | PATH to a state dict (default auto)")
@@ -95,12 +96,13 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
     if weight_lists:
         g.add_argument("--content-weight", type=_float_list, default=(1.0,),
                        help="one value or a list, one sheet column each, e.g. 1,2 (default 1)")
-        g.add_argument("--style-weight", type=_float_list, default=(20.0,),
-                       help="one value or a list, one sheet column each, e.g. 5,20,80 (default 20)")
+        g.add_argument("--style-weight", type=_float_list, default=(_D.style_weight,),
+                       help=f"one value or a list, one sheet column each, e.g. 0.5,1,2 (default {_D.style_weight:g})")
     else:
         g.add_argument("--content-weight", type=float, default=1.0)
-        g.add_argument("--style-weight", type=float, default=20.0)
-    g.add_argument("--tv-weight", type=float, default=0.0)
+        g.add_argument("--style-weight", type=float, default=_D.style_weight,
+                       help=f"default {_D.style_weight:g} (docs/BENCHMARKS.md)")
+    g.add_argument("--tv-weight", type=float, default=_D.tv_weight, help=f"default {_D.tv_weight:g}")
     g.add_argument("--range-weight", type=float, default=100.0,
                    help="penalty on pixels outside [0, 1] while optimising, so the final clamp changes "
                         "almost nothing (default 100; 0: clamp only at the end)")
@@ -111,7 +113,7 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="lbfgs")
     g.add_argument("--lr", type=float, default=0.02, help="Adam learning rate (pixels in [0,1])")
     g.add_argument("--init-first", choices=INITS_FIRST, default="content", help="init of the first frame")
-    g.add_argument("--tol", type=float, default=0.0,
+    g.add_argument("--tol", type=float, default=_D.tol_loss_relative,
                    help="stop a frame early once its loss fell by less than this fraction over the last 10 "
                         "iterations, --iters being the most (0: off; e.g. 0.01)")
     g.add_argument("--weights", default="auto", help=_WEIGHTS_HELP)
@@ -142,9 +144,9 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
                        help="init of later frames: the previous output warped by the flow, with the content "
                             "frame where the flow leaves the picture (prev-warped-inside, default) or "
                             "wherever the flow is unreliable (prev-warped)")
-        t.add_argument("--temporal-weight", type=float, default=50.0,
+        t.add_argument("--temporal-weight", type=float, default=_D.temporal_weight,
                        help="weight of the temporal consistency loss; 0 turns it off "
-                            "(default 50, measured in docs/TEMPORAL.md)")
+                            f"(default {_D.temporal_weight:g}, measured in docs/TEMPORAL.md)")
         t.add_argument("--flow", default="dis", help="dis|farneback|raft-small|raft-large")
         t.add_argument("--flow-indices", type=_int_list, default=(1,),
                        help="temporal terms to frames t-k, e.g. 1,2,4 (Ruder's long-term loss)")

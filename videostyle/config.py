@@ -16,12 +16,14 @@ DEFAULT_CONTENT_LAYERS = (("relu4_2", 1.0),)
 DEFAULT_STYLE_LAYERS = (("relu1_1", 1.0), ("relu2_1", 1.0), ("relu3_1", 1.0),
                         ("relu4_1", 1.0), ("relu5_1", 1.0))
 
-# --quality presets: the settings that trade time for quality, chosen from scripts/bench.py and
-# scripts/bench_temporal.py (docs/BENCHMARKS.md). Explicit flags override a preset's values.
+# --quality presets: the settings that trade time for quality. Iterations chosen on trained features
+# (VGG-16, HED fine-tune of ImageNet VGG-16) by scripts/bench_quality.py --trace (docs/BENCHMARKS.md,
+# "Trained features"): first frame near the end of its loss curve, later frames where the warm start
+# stops gaining. Sizes and octaves from the untrained measurements before. Explicit flags override these.
 QUALITY_PRESETS: dict[str, dict] = {
-    "draft": dict(size=384, iters_first=100, iters=30, octaves=1),
-    "default": dict(size=512, iters_first=200, iters=60, octaves=2),
-    "high": dict(size=768, iters_first=400, iters=150, octaves=3),
+    "draft": dict(size=384, iters_first=150, iters=20, octaves=1),
+    "default": dict(size=512, iters_first=300, iters=40, octaves=2),
+    "high": dict(size=768, iters_first=500, iters=80, octaves=3),
 }
 QUALITIES = tuple(QUALITY_PRESETS)
 
@@ -79,8 +81,8 @@ class StyleConfig:
     optimizer: str = "lbfgs"
     learning_rate: float = 0.02
     content_weight: float = 1.0
-    style_weight: float = 20.0
-    tv_weight: float = 0.0
+    style_weight: float = 1.0  # chosen on trained features, docs/BENCHMARKS.md "Trained features"
+    tv_weight: float = 2.0  # halves the flat sky's checkerboard at no style cost, same section
     range_weight: float = 100.0  # keeps pixels in [0, 1] while optimising, see losses.range_penalty
     temporal_weight: float = 50.0  # chosen by scripts/bench_temporal.py, see docs/TEMPORAL.md
     content_layers: tuple[tuple[str, float], ...] = DEFAULT_CONTENT_LAYERS
