@@ -108,7 +108,8 @@ def main() -> None:
     ap.add_argument("--clip", default=str(ROOT.parent / "shared/data/videos/realshort.mp4"))
     ap.add_argument("--style", default=str(ROOT.parent / "shared/data/styles/starry_night.jpg"))
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--weights", default="untrained")
+    ap.add_argument("--weights", default="untrained", help="auto|imagenet|untrained|hed|PATH (default untrained)")
+    ap.add_argument("--model", default="vgg19", help="vgg19|vgg16 (default vgg19; --weights hed needs vgg16)")
     ap.add_argument("--ref-iters", type=int, default=100)
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--reps", type=int, default=5)
@@ -154,7 +155,7 @@ def main() -> None:
     style_rgb = images.load_image(args.style)
     style = images.to_tensor(images.resize_rgb(style_rgb, images.working_size(
         style_rgb.shape[1], style_rgb.shape[0], args.size)), device)
-    weights = resolve_weights(args.weights)
+    weights = resolve_weights(args.weights, args.model)
     enc = VGGEncoder(["relu4_2", *STYLE_LAYERS], weights).to(device)
     targets = compute_style_targets(enc, [style], [1.0], list(STYLE_LAYERS))
     lw = LossWeights(1.0, 20.0, 0.0, {"relu4_2": 1.0}, STYLE_LAYERS,
@@ -288,7 +289,8 @@ def end_to_end(args) -> tuple[str, str]:
         clip = Path(tmp) / "clip.mp4"
         trim_clip(Path(args.clip), clip, args.frames)
         cfg = StyleConfig(styles=(args.style,), size=args.size, iters_first=preset["iters_first"],
-                          iters=preset["iters"], octaves=preset["octaves"], weights=args.weights)
+                          iters=preset["iters"], octaves=preset["octaves"], weights=args.weights,
+                          model=args.model)
         t = time.perf_counter()
         summary = stylize_video(clip, Path(tmp) / "out.mp4", cfg, RunOptions(device=args.device, quiet=True))
         total = time.perf_counter() - t

@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 from videostyle import images  # noqa: E402
 from videostyle.config import RunOptions, StyleConfig  # noqa: E402
 from videostyle.evaluate import evaluate_frames, read_frames  # noqa: E402
+from videostyle.features import resolve_weights  # noqa: E402
 from videostyle.flow import FlowEstimator  # noqa: E402
 from videostyle.metrics import temporal_warping_error, warping_error  # noqa: E402
 from videostyle.pipeline import stylize_image, stylize_video  # noqa: E402
@@ -206,7 +207,7 @@ def run_clip(kind: str, args: argparse.Namespace) -> tuple[list[dict], str]:
         source = read_frames(clip)
 
         def measure(name: str, weight: float, stylised: list, video: Path, seconds: float) -> dict:
-            result = evaluate_frames(stylised, source, styles=(args.style,), weights=args.weights)
+            result = evaluate_frames(stylised, source, styles=(args.style,), weights=args.weights, model=args.model)
             row = dict(clip=clip_name, variant=name, temporal_weight=weight,
                        e_frames=result.mean_temporal_error,
                        e_true=true_flow_error(stylised, truth) if truth else None,
@@ -227,7 +228,7 @@ def run_clip(kind: str, args: argparse.Namespace) -> tuple[list[dict], str]:
         for name, extra in variants.items():
             cfg = StyleConfig(styles=(args.style,), size=args.size, iters_first=args.iters[0],
                               iters=args.iters[1], octaves=args.octaves, range_weight=args.range_weight,
-                              tol_loss_relative=args.tol, weights=args.weights, **extra)
+                              tol_loss_relative=args.tol, weights=args.weights, model=args.model, **extra)
             out, work = tmp / "out.mp4", tmp / "work"
             shutil.rmtree(work, ignore_errors=True)
             t = time.perf_counter()
@@ -242,7 +243,7 @@ def run_clip(kind: str, args: argparse.Namespace) -> tuple[list[dict], str]:
             long_edge = max(known.photo.shape[:2])
             cfg = StyleConfig(styles=(args.style,), size=long_edge, iters_first=args.iters[0], octaves=args.octaves,
                               range_weight=args.range_weight,
-                              style_scale=max(working) / long_edge, weights=args.weights)
+                              style_scale=max(working) / long_edge, weights=args.weights, model=args.model)
             t = time.perf_counter()
             stylize_image(photo_png, styled_png, cfg)
             filmed = known.film(images.load_image(styled_png))
@@ -272,7 +273,10 @@ def main() -> None:
                     help="early stop of each frame, as videostyle stylize --tol (default 0: off)")
     ap.add_argument("--variants", default="a,b,c", help="which of a, b, c to run (default a,b,c)")
     ap.add_argument("--frames", type=int, default=6, help="frames per clip (default 6)")
-    ap.add_argument("--weights", default="untrained", help="VGG-19 weights (default untrained)")
+    ap.add_argument("--weights", default="untrained",
+                    help="auto|imagenet|untrained|hed|PATH (default untrained; hed: the trained VGG-16 (HED "
+                         "fine-tune of ImageNet VGG-16) of scripts/trained_weights.py, with --model vgg16)")
+    ap.add_argument("--model", default="vgg19", help="vgg19|vgg16 (default vgg19)")
     default_weight = f"{StyleConfig.__dataclass_fields__['temporal_weight'].default:g}"
     ap.add_argument("--temporal-weights", default=default_weight,
                     help=f"(c) variants, comma-separated (default {default_weight}: the pipeline's default)")
@@ -307,7 +311,7 @@ def main() -> None:
     print(f"bench_temporal: {' '.join(sys.argv[1:]) or '(defaults)'}")
     print(f"size {args.size}, L-BFGS iterations {args.iters[0]} (first frame), {args.iters[1]} (later), "
           f"octaves {args.octaves}, {args.frames} frames, weights "
-          f"{args.weights}, style {Path(args.style).name}; torch {torch.__version__}, {cpus} CPUs ({cpu}), "
+          f"{resolve_weights(args.weights, args.model).label}, style {Path(args.style).name}; torch {torch.__version__}, {cpus} CPUs ({cpu}), "
           f"{jobs} process(es) x {args.threads} thread(s), no GPU used; {time.perf_counter() - started:.0f} s")
     for note in notes:
         print(note)

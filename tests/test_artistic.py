@@ -18,6 +18,7 @@ from PIL import Image
 
 from videostyle import colour, images, losses, pipeline
 from videostyle.cli import _style_config, build_parser, main
+from videostyle.config import StyleConfig
 from videostyle.video.decode import iter_frames
 from videostyle.video.probe import probe_video
 
@@ -89,7 +90,7 @@ def test_content_and_style_weight_scale_their_terms(files, tmp_path):
     # Zero iterations from a seeded noise image: the terms are those of the same image.
     base, _ = _run(files, tmp_path, "--iters", "0", "--init-first", "noise")
     doubled, _ = _run(files, tmp_path, "--iters", "0", "--init-first", "noise", "--content-weight", "2",
-                      "--style-weight", "60")
+                      "--style-weight", str(3 * StyleConfig.style_weight))
     assert doubled["content"] == pytest.approx(2 * base["content"], rel=1e-5)
     assert doubled["style"] == pytest.approx(3 * base["style"], rel=1e-5)
     assert base["content"] > 0 and base["style"] > 0

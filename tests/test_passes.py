@@ -25,8 +25,11 @@ from videostyle.cli import main
 from videostyle.passes import pass_order
 
 N_FRAMES = 6
+# The loss balance these tests were measured with on untrained weights (the defaults are now chosen on
+# trained features, where a style weight of 1 suits; untrained features need more to stylise visibly).
+UNTRAINED_BALANCE = ["--style-weight", "20", "--tv-weight", "0"]
 FAST = ["--weights", "untrained", "--size", "32", "--iters", "3,2", "--content-layers", "relu2_1",
-        "--style-layers", "relu1_1,relu2_1", "-q"]
+        "--style-layers", "relu1_1,relu2_1", *UNTRAINED_BALANCE, "-q"]
 
 
 def _style(path: Path) -> Path:
@@ -66,7 +69,7 @@ def test_more_passes_lower_the_temporal_error(tmp_path, capsys):
     assert main(["stylize", str(clip), "--style", str(style), "-o", str(tmp_path / "p2.mp4"), "--workdir", str(work),
                  "--keep-workdir", "--output-size", "working", "--weights", "untrained", "--size", "64",
                  "--iters", "10,5", "--passes", "2", "--content-layers", "relu3_1", "--style-layers",
-                 "relu1_1,relu2_1,relu3_1", "-q"]) == 0
+                 "relu1_1,relu2_1,relu3_1", *UNTRAINED_BALANCE, "-q"]) == 0
     one_pass = _mean_error(work / "frames", clip, capsys)
     two_passes = _mean_error(work, clip, capsys)  # evaluate reads a multi-pass work dir's last pass
     assert two_passes < 0.8 * one_pass, (one_pass, two_passes)

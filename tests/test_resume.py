@@ -147,7 +147,7 @@ def test_resume_with_other_settings_or_source_is_refused_and_restart_keeps_the_o
     assert main(_args(root, clip, style, "c", "--style-weight", "5", "--iters", "4,2")) == 2
     assert capsys.readouterr().err.splitlines()[0] == (
         f"videostyle: error: work dir {str(work)!r} belongs to another run (the style settings differ: "
-        f"iters_first 3 -> 4, style_weight 20.0 -> 5.0); {hint}")
+        f"iters_first 3 -> 4, style_weight 1.0 -> 5.0); {hint}")
     other = make_clip(root / "other.mp4", n_frames=3, fps=12, size=(48, 64))
     assert main(_args(root, other, style, "c")) == 2
     assert capsys.readouterr().err.splitlines()[0] == (

@@ -16,12 +16,17 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
-from .config import (INITS, INITS_FIRST, OPTIMIZERS, POOLINGS, PRECISIONS, QUALITIES, QUALITY_PRESETS,
+from .config import (INITS, INITS_FIRST, MODELS, OPTIMIZERS, POOLINGS, PRECISIONS, QUALITIES, QUALITY_PRESETS,
                      RunOptions, StyleConfig)
 from .errors import VideoStyleError
 from .paths import check_not_an_input
 
 PROG = "videostyle"
+_D = StyleConfig  # its field defaults are the CLI's (chosen in docs/BENCHMARKS.md, docs/TEMPORAL.md)
+_WEIGHTS_HELP = ("auto (ImageNet from the torch hub cache or a download, else untrained with a warning) | "
+                 "imagenet | untrained | hed (VGG-16 (HED fine-tune of ImageNet VGG-16), made offline by "
+                 "scripts/trained_weights.py; needs --model vgg16) | PATH to a state dict (default auto)")
+_MODEL_HELP = "network whose features the losses use: vgg19 (default) or vgg16"
 _SAVE_EVERY_HELP = ("write the first frame every N iterations beside the output as OUTPUT_STEM.iter_NNNN.png, "
                     "for tuning (default 0: off)")
 
@@ -115,12 +120,13 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
     if weight_lists:
         g.add_argument("--content-weight", type=_float_list, default=(1.0,),
                        help="one value or a list, one sheet column each, e.g. 1,2 (default 1)")
-        g.add_argument("--style-weight", type=_float_list, default=(20.0,),
-                       help="one value or a list, one sheet column each, e.g. 5,20,80 (default 20)")
+        g.add_argument("--style-weight", type=_float_list, default=(_D.style_weight,),
+                       help=f"one value or a list, one sheet column each, e.g. 0.5,1,2 (default {_D.style_weight:g})")
     else:
         g.add_argument("--content-weight", type=float, default=1.0)
-        g.add_argument("--style-weight", type=float, default=20.0)
-    g.add_argument("--tv-weight", type=float, default=0.0)
+        g.add_argument("--style-weight", type=float, default=_D.style_weight,
+                       help=f"default {_D.style_weight:g} (docs/BENCHMARKS.md)")
+    g.add_argument("--tv-weight", type=float, default=_D.tv_weight, help=f"default {_D.tv_weight:g}")
     g.add_argument("--range-weight", type=float, default=100.0,
                    help="penalty on pixels outside [0, 1] while optimising, so the final clamp changes "
                         "almost nothing (default 100; 0: clamp only at the end)")
@@ -131,13 +137,14 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="lbfgs")
     g.add_argument("--lr", type=float, default=0.02, help="Adam learning rate (pixels in [0,1])")
     g.add_argument("--init-first", choices=INITS_FIRST, default="content", help="init of the first frame")
-    g.add_argument("--tol", type=float, default=0.0,
+    g.add_argument("--tol", type=float, default=_D.tol_loss_relative,
                    help="stop a frame early once its loss fell by less than this fraction over the last 10 "
                         "iterations, --iters being the most (0: off; e.g. 0.01)")
-    g.add_argument("--lbfgs-history", type=_positive_int, default=50, metavar="N",
-                   help="L-BFGS correction pairs kept (default 50); each costs 2 x 3 x H x W floats: fewer "
-                        "for large frames in little memory")
-    g.add_argument("--weights", default="auto", help="VGG-19 weights: auto|imagenet|untrained|PATH")
+    g.add_argument("--lbfgs-history", type=_positive_int, default=_D.lbfgs_history, metavar="N",
+                   help=f"L-BFGS correction pairs kept (default {_D.lbfgs_history}); each costs 2 x 3 x H x W "
+                        f"floats: fewer for large frames in little memory")
+    g.add_argument("--weights", default="auto", help=_WEIGHTS_HELP)
+    g.add_argument("--model", choices=MODELS, default="vgg19", help=_MODEL_HELP)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument(device_flag, dest="device", default="auto", help="auto|cpu|cuda|cuda:N")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32",
@@ -169,9 +176,9 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
                        help="init of later frames: the previous output warped by the flow, with the content "
                             "frame where the flow leaves the picture (prev-warped-inside, default) or "
                             "wherever the flow is unreliable (prev-warped)")
-        t.add_argument("--temporal-weight", type=float, default=50.0,
+        t.add_argument("--temporal-weight", type=float, default=_D.temporal_weight,
                        help="weight of the temporal consistency loss; 0 turns it off "
-                            "(default 50, measured in docs/TEMPORAL.md)")
+                            f"(default {_D.temporal_weight:g}, measured in docs/TEMPORAL.md)")
         t.add_argument("--flow", default="dis", help="dis|farneback|raft-small|raft-large")
         t.add_argument("--flow-indices", type=_int_list, default=(1,),
                        help="temporal terms to frames t-k, e.g. 1,2,4 (Ruder's long-term loss)")
@@ -236,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("stylised", help="stylised video, or a directory of PNG frames (e.g. a --keep-workdir work dir)")
     v.add_argument("--source", required=True, help="the video it was made from")
     v.add_argument("--style", help="style image(s), comma-separated: also report content/style loss per frame")
-    v.add_argument("--weights", default="auto", help="VGG-19 weights for the losses: auto|imagenet|untrained|PATH")
+    v.add_argument("--weights", default="auto", help="weights for the losses: " + _WEIGHTS_HELP)
+    v.add_argument("--model", choices=MODELS, default="vgg19", help=_MODEL_HELP)
     v.add_argument("--device", default="auto")
     v.add_argument("--plot", help="write a PNG plot of the error per frame")
 
@@ -320,8 +328,8 @@ def _style_config(args: argparse.Namespace, *, video: bool) -> StyleConfig:
         content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
         range_weight=args.range_weight,
         pooling=args.pooling, init_first=args.init_first, tol_loss_relative=args.tol,
-        lbfgs_history=args.lbfgs_history,
-        weights=args.weights, seed=args.seed, preserve_colors=args.preserve_colors, mask=args.mask,
+        lbfgs_history=args.lbfgs_history, weights=args.weights, model=args.model, seed=args.seed,
+        preserve_colors=args.preserve_colors, mask=args.mask,
         mask_feather=args.mask_feather)
     if args.content_layers:
         kwargs["content_layers"] = args.content_layers
@@ -448,7 +456,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             inputs += [("stylised frames", p) for p in frames_dir.rglob("*.png")]
         check_image_output(args.plot, inputs=inputs)
     result = evaluate.evaluate_frames(evaluate.read_frames(args.stylised), evaluate.read_frames(args.source),
-                                      styles=styles, weights=args.weights, device=args.device)
+                                      styles=styles, weights=args.weights, model=args.model,
+                                      device=args.device)
     print(evaluate.format_table(result))
     if args.plot:
         evaluate.write_plot(result.temporal_error, args.plot)

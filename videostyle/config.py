@@ -16,12 +16,14 @@ DEFAULT_CONTENT_LAYERS = (("relu4_2", 1.0),)
 DEFAULT_STYLE_LAYERS = (("relu1_1", 1.0), ("relu2_1", 1.0), ("relu3_1", 1.0),
                         ("relu4_1", 1.0), ("relu5_1", 1.0))
 
-# --quality presets: the settings that trade time for quality, chosen from scripts/bench.py and
-# scripts/bench_temporal.py (docs/BENCHMARKS.md). Explicit flags override a preset's values.
+# --quality presets: the settings that trade time for quality. Iterations chosen on trained features
+# (VGG-16, HED fine-tune of ImageNet VGG-16) by scripts/bench_quality.py --trace (docs/BENCHMARKS.md,
+# "Trained features"): first frame near the end of its loss curve, later frames where the warm start
+# stops gaining. Sizes and octaves from the untrained measurements before. Explicit flags override these.
 QUALITY_PRESETS: dict[str, dict] = {
-    "draft": dict(size=384, iters_first=100, iters=30, octaves=1),
-    "default": dict(size=512, iters_first=200, iters=60, octaves=2),
-    "high": dict(size=768, iters_first=400, iters=150, octaves=3),
+    "draft": dict(size=384, iters_first=150, iters=20, octaves=1),
+    "default": dict(size=512, iters_first=300, iters=40, octaves=2),
+    "high": dict(size=768, iters_first=500, iters=80, octaves=3),
 }
 QUALITIES = tuple(QUALITY_PRESETS)
 
@@ -31,6 +33,7 @@ OPTIMIZERS = ("lbfgs", "adam")
 POOLINGS = ("avg", "max")
 PRECISIONS = ("fp32", "bf16", "fp16")
 FLOWS = ("dis", "farneback", "raft-small", "raft-large")  # flow.FLOW_METHODS, checked before any work
+MODELS = ("vgg19", "vgg16")  # as features.MODELS
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,8 @@ class StyleConfig:
             ``-tol_loss_relative`` with its interval.
         lbfgs_history: L-BFGS correction pairs kept (neural-style's ``-lbfgs_num_correction``); each is
             two ``3 x H x W`` float32 vectors: 50 pairs are 2.5 GB at 1920x1080 (:mod:`videostyle.memory`).
-        weights: ``auto|imagenet|untrained|PATH`` (see :mod:`videostyle.features`).
+        weights: ``auto|imagenet|untrained|hed|PATH`` (see :mod:`videostyle.features`).
+        model: ``vgg19`` or ``vgg16``, the network whose features the losses use (``--model``).
         seed: seeds noise init; the untrained weights have their own fixed seed.
         preserve_colors: luminance-only transfer, the output keeps the content's chroma
             (:mod:`videostyle.colour`).
@@ -80,8 +84,8 @@ class StyleConfig:
     optimizer: str = "lbfgs"
     learning_rate: float = 0.02
     content_weight: float = 1.0
-    style_weight: float = 20.0
-    tv_weight: float = 0.0
+    style_weight: float = 1.0  # chosen on trained features, docs/BENCHMARKS.md "Trained features"
+    tv_weight: float = 2.0  # halves the flat sky's checkerboard at no style cost, same section
     range_weight: float = 100.0  # keeps pixels in [0, 1] while optimising, see losses.range_penalty
     temporal_weight: float = 50.0  # chosen by scripts/bench_temporal.py, see docs/TEMPORAL.md
     content_layers: tuple[tuple[str, float], ...] = DEFAULT_CONTENT_LAYERS
@@ -94,6 +98,7 @@ class StyleConfig:
     tol_loss_relative: float = 0.0
     lbfgs_history: int = 50  # optimise.LBFGS_HISTORY; fewer pairs for large frames (memory)
     weights: str = "auto"
+    model: str = "vgg19"
     seed: int = 0
     preserve_colors: bool = False
     mask: str | None = None
@@ -119,6 +124,9 @@ class StyleConfig:
             raise ValueError(f"iterations must be >= 0, got {self.iters_first},{self.iters}")
         if not 1 <= self.octaves <= 5:
             raise ValueError(f"--octaves must be between 1 and 5, got {self.octaves}")
+        _check_choice("model", self.model, MODELS)
+        from .features import check_layers  # torch only once a config is built
+        check_layers([name for name, _ in (*self.content_layers, *self.style_layers)], self.model)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("pooling", self.pooling, POOLINGS)
         _check_choice("init-first", self.init_first, INITS_FIRST)

@@ -458,7 +458,7 @@ def stylize_video_ray(source, output, cfg: StyleConfig, opts: RunOptions, *, pro
     if planned is not None:
         planned -= sum(_journaled(seg_root / s.name) for s in segments)
     pipeline.check_disk_space(workdir, working, planned)
-    weights_id = resolve_weights(cfg.weights).weights_id  # the workers must resolve the same
+    weights_id = resolve_weights(cfg.weights, cfg.model).weights_id  # the workers must resolve the same
     work, manifest = pipeline.open_run_workdir(replace(plan, workdir=workdir), weights_id, opts,
                                                device=opts.device, threads=opts.ray_cpus)
     with work:  # locked for the whole run; a run stopped before any segment started leaves no work dir

@@ -25,4 +25,4 @@ class ResumeError(VideoStyleError):
 
 
 class WeightsError(VideoStyleError):
-    """Requested VGG-19 weights cannot be loaded."""
+    """Requested VGG weights cannot be loaded (missing, damaged, unsafe, or of the other model)."""

@@ -64,7 +64,7 @@ def read_frames(path: str | os.PathLike) -> list[np.ndarray]:
 
 
 def evaluate_frames(stylised: list[np.ndarray], source: list[np.ndarray], *, styles: tuple[str, ...] = (),
-                    weights: str = "auto", device: str = "auto") -> Evaluation:
+                    weights: str = "auto", model: str = "vgg19", device: str = "auto") -> Evaluation:
     """Evaluate stylised frames against their source frames (same count; sizes may differ)."""
     if len(stylised) != len(source):
         raise InputError(f"stylised video has {len(stylised)} frames but the source has {len(source)}; "
@@ -77,7 +77,7 @@ def evaluate_frames(stylised: list[np.ndarray], source: list[np.ndarray], *, sty
     from .pipeline import Stylizer, pick_device
 
     h, w = stylised[0].shape[:2]
-    cfg = StyleConfig(styles=tuple(styles), weights=weights, size=max(h, w))
+    cfg = StyleConfig(styles=tuple(styles), weights=weights, model=model, size=max(h, w))
     stylizer = Stylizer(cfg, device=pick_device(device), working_size=(w, h))
     content, style = [], []
     for out_rgb, src_rgb in zip(stylised, source):

@@ -105,3 +105,35 @@ def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     soft = cv2.resize(mask.astype(np.float32), size,
                       interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
     return (soft > 1.0 - 1e-4).astype(np.float32)
+
+
+def quality_distances(encoder, image, content, style_grams: dict, *, content_layer: str = "relu4_2"
+                      ) -> tuple[float, float]:
+    """``(style distance, content distance)`` of a stylised ``image`` (bench_quality, the trained tests).
+
+    Style distance: for each layer of ``style_grams``, the MSE of ``image``'s Gram matrix from the style's,
+    divided by the same MSE of the ``content`` photo's own Gram matrix; then the mean of these per-layer
+    ratios. 1 = no closer to the style than the photo itself, 0 = the style's Gram matrices exactly.
+    (A Gram distance summed over layers would mostly measure relu1_1/relu2_1, the layers that depend on
+    how the style image was resized; the per-layer ratio weighs every layer alike.)
+    Content distance: ``mean((F - F_c)^2) / mean(F_c^2)`` at ``content_layer``: 0 = the photo's features,
+    ~1 = none of them left.
+
+    Args:
+        encoder: a :class:`~videostyle.features.VGGEncoder` computing ``content_layer`` and the style layers.
+        image, content: ``(1, 3, H, W)`` float32 RGB in [0, 1], same size.
+        style_grams: ``{layer: (1, C, C)}`` as :func:`videostyle.optimise.compute_style_targets` gives.
+    """
+    import torch
+
+    from .losses import gram
+
+    with torch.no_grad():
+        fi, fc = encoder(image), encoder(content)
+        ratios = []
+        for layer, target in style_grams.items():
+            own = (gram(fc[layer]) - target).pow(2).mean()
+            ratios.append(float((gram(fi[layer]) - target).pow(2).mean() / own.clamp_min(1e-30)))
+        c = fc[content_layer]
+        content_distance = float((fi[content_layer] - c).pow(2).mean() / c.pow(2).mean().clamp_min(1e-30))
+    return sum(ratios) / len(ratios), content_distance

@@ -30,7 +30,7 @@ from . import __version__, colour, images, memory, scenes
 from .config import RunOptions, StyleConfig
 from .encode_stream import StreamingEncoder
 from .errors import InputError, OutputError, ResumeError
-from .features import LAYER_NAMES, VGGEncoder, resolve_weights
+from .features import LAYER_NAMES, WEIGHTS_NAMES, VGGEncoder, resolve_weights
 from .flow import FlowEstimator, FlowWorker
 from .frame_writer import FrameWriter
 from .journal import WorkDir, file_fingerprint
@@ -97,7 +97,7 @@ class Stylizer:
         self.tile = tile
         # The mask first: a bad --mask is reported before the weights are loaded.
         self.masks = FrameMasks(cfg.mask, working_size, feather_px=cfg.mask_feather) if cfg.mask else None
-        self.weights = resolve_weights(cfg.weights)
+        self.weights = resolve_weights(cfg.weights, cfg.model)
         self.loss_weights = LossWeights(cfg.content_weight, cfg.style_weight, cfg.tv_weight,
                                         _normalised(cfg.content_layers), _normalised(cfg.style_layers),
                                         range=cfg.range_weight)
@@ -446,7 +446,7 @@ def _with_absolute_paths(cfg: StyleConfig) -> StyleConfig:
     """``cfg`` with its style image paths (and a weights file path) made absolute."""
     styles = tuple(str(Path(p).resolve()) for p in cfg.styles)
     weights = cfg.weights
-    if weights not in ("auto", "imagenet", "untrained"):
+    if weights not in WEIGHTS_NAMES:
         weights = str(Path(weights).resolve())
     mask = str(Path(cfg.mask).resolve()) if cfg.mask else cfg.mask
     if styles == cfg.styles and weights == cfg.weights and mask == cfg.mask:

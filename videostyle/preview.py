@@ -93,7 +93,8 @@ _FLAGS = {"style_weights": "--style-weights", "size": "--size", "style_scale": "
           "style_weight": "--style-weight", "tv_weight": "--tv-weight", "content_layers": "--content-layers",
           "style_layers": "--style-layers", "pooling": "--pooling", "init_first": "--init-first",
           "tol_loss_relative": "--tol", "lbfgs_history": "--lbfgs-history", "weights": "--weights",
-          "seed": "--seed", "mask": "--mask", "mask_feather": "--mask-feather", "octaves": "--octaves", "range_weight": "--range-weight"}
+          "model": "--model", "seed": "--seed", "mask": "--mask", "mask_feather": "--mask-feather",
+          "octaves": "--octaves", "range_weight": "--range-weight"}
 
 
 def _shown(value) -> str:
