@@ -23,7 +23,8 @@ run cut short still leaves what it measured):
              each against the bare fwd+bwd and the plain iteration measured beside it.
 
 Weights: ``--weights`` / ``--model`` as the CLI's; default: the trained VGG-16 (HED fine-tune of ImageNet
-VGG-16) cache of scripts/trained_weights.py when it exists, else untrained VGG-19. Timings do not depend
+VGG-16), ``--model vgg16 --weights hed``, when scripts/trained_weights.py has cached it (on a device
+machine, point ``VIDEOSTYLE_WEIGHTS_DIR`` at a carried copy), else untrained VGG-19. Timings do not depend
 on the weights' values; the quality section does, and the report names the weights with every figure.
 
 ``--smoke`` runs every section on the CPU at 64 px with a few iterations (under 3 minutes on 2 cores), so
@@ -122,10 +123,10 @@ def sync(device: torch.device) -> None:
 # ---------------------------------------------------------------------------------------------- setup
 
 def default_weights() -> tuple[str, str]:
-    """``(model, weights)``: the trained VGG-16 cache when present, else untrained VGG-19."""
-    path = getattr(features, "trained_weights_path", lambda: Path("/nonexistent"))()  # TRANSITIONAL
-    if path.is_file():
-        return "vgg16", str(path)
+    """``(model, weights)``: the trained VGG-16 (``--weights hed``) when its cache exists, else untrained
+    VGG-19."""
+    if features.trained_weights_path().is_file():
+        return "vgg16", "hed"
     return "vgg19", "untrained"
 
 
@@ -142,9 +143,7 @@ def first_frame(clip: Path | None) -> np.ndarray:
 
 
 def make_config(args, *, size: int, **overrides) -> StyleConfig:
-    kwargs = dict(styles=(args.style,), size=size, weights=args.weights)
-    if "model" in StyleConfig.__dataclass_fields__:  # TRANSITIONAL until --model lands
-        kwargs["model"] = args.model
+    kwargs = dict(styles=(args.style,), size=size, weights=args.weights, model=args.model)
     kwargs.update(overrides)
     return StyleConfig(**kwargs)
 
@@ -200,7 +199,7 @@ def section_env(report: Report, device: torch.device, args) -> None:
                f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
                torch=torch.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
                torchvision=torchvision.__version__, av=av.__version__, opencv=cv2.__version__,
-               python=platform.python_version(), weights=f"{args.model} {args.weights_label}")
+               python=platform.python_version(), weights=args.weights_label)
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         row.update(memory_gib=round(props.total_memory / 2**30, 1), sms=props.multi_processor_count,
@@ -550,9 +549,7 @@ def parse_args(argv=None):
         args.model, args.weights = default_weights()
     args.model = args.model or "vgg19"
     args.weights = args.weights or "auto"
-    args.weights_label = ("untrained (seeded)" if args.weights == "untrained" else
-                          "VGG-16 (HED fine-tune of ImageNet VGG-16)" if "hed" in args.weights.lower() else
-                          args.weights)
+    args.weights_label = features.resolve_weights(args.weights, args.model).label
     if args.style is None:
         starry = SHARED / "styles" / "starry_night.jpg"
         args.style = str(starry if starry.is_file() else ROOT / "samples" / "swirls.png")
@@ -586,7 +583,7 @@ def main(argv=None) -> int:
     budget = Budget(args.budget)
     report = Report(Path(args.out), f"videostyle GPU check{' (smoke, CPU)' if args.smoke else ''}: "
                     f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, weights "
-                    f"{args.model} {args.weights_label}")
+                    f"{args.weights_label}")
     if args.smoke and args.clips == [Path("(generated)")]:
         args.clips = [_generated_clip(Path(args.out))]
     rgb = first_frame(args.clips[0] if args.clips else None)

@@ -1,6 +1,6 @@
 """videostyle: video style transfer with temporal coherence, audio and timing kept, resumable."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from .config import RunOptions, StyleConfig  # noqa: E402
 
