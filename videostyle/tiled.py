@@ -5,8 +5,9 @@ Why it can be exact (issue 17):
       positions: a no-grad pass over the tiles accumulates the global Gram matrices, and with them the
       loss and the constant ``dL/dG``.
     - Given ``dL/dG``, the gradient at the features of any position needs only that position's features:
-      ``dL/dF = (dL/dG + dL/dG^T) F / n``. So each tile is back-propagated alone through the surrogate
-      ``<dL/dG, F_t F_t^T / n>``, whose gradient equals the true one.
+      ``dL/dF = (dL/dG + dL/dG^T) F / n``. So each tile is back-propagated alone through a surrogate
+      whose gradient is that: ``sum(F_t * A F_t)`` with ``A = (dL/dG + dL/dG^T) / n`` and ``A F_t`` held
+      constant.
     - The content terms are sums over positions (local), and the temporal, tv and range terms live in
       pixel space (no VGG): they are evaluated on the whole image.
     - A tile's interior features equal the whole frame's when the tile's crop reaches at least the
@@ -208,7 +209,10 @@ class TiledObjective:
                 for layer in style_layers:
                     f = feats[layer][(..., *t.interior(layer_stride(layer)))]
                     flat = f.reshape(f.shape[1], -1)
-                    surrogate = surrogate + (d_gram[layer][0] * (flat @ flat.T)).sum() / norms[layer]
+                    # sum(F * (A F)) with A F held constant has the gradient A F = (dG + dG^T) F / n, the
+                    # true one, for one (C, C) x (C, P) product and no product in the backward pass.
+                    a = (d_gram[layer][0] + d_gram[layer][0].T) / norms[layer]
+                    surrogate = surrogate + (flat * (a @ flat.detach())).sum()
                 content = self._content(feats, t)
                 content_total = content_total + content.detach()
                 (surrogate + content).backward()
