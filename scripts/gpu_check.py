@@ -305,7 +305,7 @@ def lever_row(report: Report, args, rgb, size, precision: str, lever: str, devic
             report.row("levers", size=f"{size[0]}x{size[1]}", precision=precision, lever=lever,
                        note="not applicable on the CPU")
             return
-        step = graphed_objective(s.objective, s.content)
+        step = _GraphedObjective(s.objective, s.content)
         run = lambda: stylise_frame(step, s.content, iterations=m, evaluate_result=False)  # noqa: E731
     else:
         raise ValueError(lever)
@@ -360,10 +360,6 @@ class _GraphedObjective:
         self.graph.replay()
         x.grad = self.static_x.grad.clone()
         return self.static_total.detach().clone(), {name: v.detach().clone() for name, v in self.static_parts.items()}
-
-
-def graphed_objective(objective: FrameObjective, example: torch.Tensor) -> _GraphedObjective:
-    return _GraphedObjective(objective, example)
 
 
 def distances(encoder, image: torch.Tensor, content: torch.Tensor, style_grams: dict, layers: list[str],

@@ -118,7 +118,7 @@ class StreamingEncoder:
 
     def _run(self) -> None:
         info = self._info
-        started, self._waited = time.perf_counter(), 0.0
+        started = time.perf_counter()
         try:
             encode_video(self._frames(), output_path=self._output, time_base=info.time_base, source=info,
                          average_rate=info.average_rate, **self._options)
