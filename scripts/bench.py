@@ -18,7 +18,7 @@
     one iteration at that size (e.g. 1920x1080) fits, with its peak memory;
 (5) with --tiled WxH: seconds per iteration and peak memory of one frame at that size untiled and with
     --tile-px tiles (each in a fresh process, so each peak RSS is its own), --tile-iters iterations with
-    --lbfgs-history pairs; and, from videostyle.memory's model, the largest 16:9 frame that fits
+    --lbfgs-history pairs; and, from videostyle.model.memory's model, the largest 16:9 frame that fits
     --budget GB untiled and tiled.
 Untrained seeded weights by default (no weights can be downloaded here): timings do not depend on
 the weights' values, but the iteration counts are only indicative of ImageNet behaviour.
@@ -43,13 +43,13 @@ sys.path.insert(0, str(ROOT))
 
 from videostyle import images  # noqa: E402
 from videostyle.config import QUALITY_PRESETS, RunOptions, StyleConfig  # noqa: E402
-from videostyle.features import VGGEncoder, resolve_weights  # noqa: E402
-from videostyle.flow import FlowEstimator, reliability_mask  # noqa: E402
-from videostyle.optimise import (FrameObjective, LossWeights, TemporalTerm,  # noqa: E402
+from videostyle.model.features import VGGEncoder, resolve_weights  # noqa: E402
+from videostyle.motion.flow import FlowEstimator, reliability_mask  # noqa: E402
+from videostyle.model.optimise import (FrameObjective, LossWeights, TemporalTerm,  # noqa: E402
                                  compute_style_targets, octave_sizes, stylise_coarse_to_fine,
                                  stylise_frame)
-from videostyle.pipeline import pick_device, stylize_video  # noqa: E402
-from videostyle.temporal import initial_image, mask_tensor, warm_start_mask, warp_previous  # noqa: E402
+from videostyle.run.chain import pick_device, stylize_video  # noqa: E402
+from videostyle.motion.temporal import initial_image, mask_tensor, warm_start_mask, warp_previous  # noqa: E402
 
 STYLE_LAYERS = {f"relu{i}_1": 0.2 for i in range(1, 6)}
 
@@ -301,7 +301,7 @@ def end_to_end(args) -> tuple[str, str]:
 
 def tiled_child(args) -> dict:
     """One frame of --tiled's size, --tile-iters iterations, tiled when ``--_child tiled``."""
-    from videostyle.pipeline import Stylizer
+    from videostyle.run.chain import Stylizer
     width, height = (int(v) for v in args.tiled.lower().split("x"))
     cfg = StyleConfig(styles=(args.style,), size=max(width, height), weights=args.weights,
                       lbfgs_history=args.lbfgs_history)
@@ -320,9 +320,9 @@ def tiled_child(args) -> dict:
 def tiled_rows(args) -> list[tuple[str, str]]:
     """(5): tiled against untiled at --tiled, each in a fresh process; the largest sizes for --budget."""
     import subprocess
-    from videostyle import memory
-    from videostyle.features import VGGEncoder
-    from videostyle.tiled import TILE_HALO
+    from videostyle.model import memory
+    from videostyle.model.features import VGGEncoder
+    from videostyle.model.tiled import TILE_HALO
     rows, results = [], {}
     for mode in ("untiled", "tiled"):
         cmd = [sys.executable, __file__, "--_child", mode, *sys.argv[1:]]

@@ -9,7 +9,7 @@
 Each result is measured with the same encoder (the --model/--weights given; figures name them) as
     style    per layer, MSE(Gram(result), Gram(style)) / MSE(Gram(photo), Gram(style)), averaged over the
              style layers (relu1_1..relu5_1): 1 = no closer to the style than the photo itself
-             (videostyle.metrics.quality_distances)
+             (videostyle.model.metrics.quality_distances)
     content  mean((F - F_photo)^2) / mean(F_photo^2) at relu4_2: 0 = the photo's features
     seconds  wall time of the stylisation (style targets included), this machine, one process
 The reference ("gatys") is the PyTorch tutorial's loop: raw losses (Gram / (C*H*W), MSE), content weight
@@ -39,12 +39,12 @@ sys.path.insert(0, str(ROOT))
 
 from videostyle import images  # noqa: E402
 from videostyle.config import QUALITY_PRESETS, StyleConfig  # noqa: E402
-from videostyle.features import VGGEncoder, resolve_weights  # noqa: E402
-from videostyle.losses import gram  # noqa: E402
-from videostyle.metrics import quality_distances  # noqa: E402
-from videostyle.optimise import compute_style_targets  # noqa: E402
-from videostyle.pipeline import Stylizer  # noqa: E402
-from videostyle.temporal import initial_image  # noqa: E402
+from videostyle.model.features import VGGEncoder, resolve_weights  # noqa: E402
+from videostyle.model.losses import gram  # noqa: E402
+from videostyle.model.metrics import quality_distances  # noqa: E402
+from videostyle.model.optimise import compute_style_targets  # noqa: E402
+from videostyle.run.chain import Stylizer  # noqa: E402
+from videostyle.motion.temporal import initial_image  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -254,7 +254,7 @@ def trace(args, judge: Judge) -> None:
     With --trace-later N, then a later frame: the photo shifted 2 px right and 1 px down (exact flow), warm
     started from the first frame's result shifted the same way, with the temporal term (mask: inside the
     frame), N iterations."""
-    from videostyle.optimise import FrameObjective, TemporalTerm, stylise_frame
+    from videostyle.model.optimise import FrameObjective, TemporalTerm, stylise_frame
 
     photo_path, style_path = find("content", args.photos.split(",")[0]), find("styles", args.styles.split(",")[0])
     cfg = base_config(args, style_path, iters_first=args.trace, octaves=args.octaves)

@@ -36,13 +36,13 @@ sys.path.insert(0, str(ROOT))
 
 from videostyle import images  # noqa: E402
 from videostyle.config import RunOptions, StyleConfig  # noqa: E402
-from videostyle.distributed import plan_segments, seam_pairs  # noqa: E402
-from videostyle.evaluate import evaluate_frames, read_frames  # noqa: E402
-from videostyle.journal import WorkDir  # noqa: E402
-from videostyle.pipeline import estimated_frame_count, stylize_video  # noqa: E402
-from videostyle.video.decode import iter_frames  # noqa: E402
-from videostyle.video.encode import encode_video  # noqa: E402
-from videostyle.video.probe import probe_video  # noqa: E402
+from videostyle.run.distributed import plan_segments, seam_pairs  # noqa: E402
+from videostyle.tools.evaluate import evaluate_frames, read_frames  # noqa: E402
+from videostyle.store.workdir import WorkDir  # noqa: E402
+from videostyle.run.chain import estimated_frame_count, stylize_video  # noqa: E402
+from videostyle.media.decode import iter_frames  # noqa: E402
+from videostyle.media.encode import encode_video  # noqa: E402
+from videostyle.media.probe import probe_video  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 

@@ -56,11 +56,11 @@ sys.path.insert(0, str(ROOT))
 
 from videostyle import images  # noqa: E402
 from videostyle.config import RunOptions, StyleConfig  # noqa: E402
-from videostyle.evaluate import evaluate_frames, read_frames  # noqa: E402
-from videostyle.features import resolve_weights  # noqa: E402
-from videostyle.flow import FlowEstimator  # noqa: E402
-from videostyle.metrics import temporal_warping_error, warping_error  # noqa: E402
-from videostyle.pipeline import stylize_image, stylize_video  # noqa: E402
+from videostyle.tools.evaluate import evaluate_frames, read_frames  # noqa: E402
+from videostyle.model.features import resolve_weights  # noqa: E402
+from videostyle.motion.flow import FlowEstimator  # noqa: E402
+from videostyle.model.metrics import temporal_warping_error, warping_error  # noqa: E402
+from videostyle.run.chain import stylize_image, stylize_video  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 

@@ -14,10 +14,10 @@ run cut short still leaves what it measured):
     quality  the same 720p frame stylised in fp32, bf16 and fp16: style and content distances measured
              with the fp32 encoder (target: bf16 within 2% of fp32);
     memory   peak CUDA memory of a frame at 720p, 1080p and 2160p once the L-BFGS history is full, per
-             precision, against the model of :mod:`videostyle.memory`;
+             precision, against the model of :mod:`videostyle.model.memory`;
     e2e      ``stylize_video`` on the first 60 frames of each clip at --size 1280 with the default preset:
              frames/s, GPU utilisation, busy time of decode, flow, optimise, write and encode;
-    levers   one at a time at 720p, fp32 and bf16: torch.optim.LBFGS instead of videostyle.lbfgs,
+    levers   one at a time at 720p, fp32 and bf16: torch.optim.LBFGS instead of videostyle.model.lbfgs,
              channels_last, cudnn.benchmark off (the pipeline turns it on), torch.compile of the
              encoder, CUDA graphs (the objective's fwd+bwd captured once);
              each against the bare fwd+bwd and the plain iteration measured beside it.
@@ -53,11 +53,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from videostyle import features, images, memory, optimise  # noqa: E402
-from videostyle.lbfgs import LBFGS  # noqa: E402
+from videostyle.model import features, memory, optimise  # noqa: E402
+from videostyle import images
+from videostyle.model.lbfgs import LBFGS  # noqa: E402
 from videostyle.config import QUALITY_PRESETS, RunOptions, StyleConfig  # noqa: E402
-from videostyle.optimise import LBFGS_HISTORY, FrameObjective, TemporalTerm, stylise_frame  # noqa: E402
-from videostyle.pipeline import Stylizer, pick_device, stylize_video  # noqa: E402
+from videostyle.model.optimise import LBFGS_HISTORY, FrameObjective, TemporalTerm, stylise_frame  # noqa: E402
+from videostyle.run.chain import Stylizer, pick_device, stylize_video  # noqa: E402
 from videostyle.timing import PHASE_NAMES, PHASES  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -149,7 +150,7 @@ def make_config(args, *, size: int, **overrides) -> StyleConfig:
 
 
 class Setup:
-    """A :class:`~videostyle.pipeline.Stylizer` at one size and precision, and one frame's objective
+    """A :class:`~videostyle.run.chain.Stylizer` at one size and precision, and one frame's objective
     (content + style + temporal toward the content itself + range), as the video loop builds them."""
 
     def __init__(self, args, rgb: np.ndarray, size: tuple[int, int], precision: str, device: torch.device):
@@ -277,7 +278,7 @@ def lever_row(report: Report, args, rgb, size, precision: str, lever: str, devic
     plain = timed(lambda: s.pipeline_steps(m), device, n_inner=m, reps=reps)
     bare = timed(lambda: [s.bare_step() for _ in range(n)], device, n_inner=n, reps=reps)
     note = ""
-    if lever == "torch_lbfgs":  # the optimiser before videostyle.lbfgs: ~100 host syncs per step
+    if lever == "torch_lbfgs":  # the optimiser before videostyle.model.lbfgs: ~100 host syncs per step
         optimise.LBFGS = _TorchLBFGS
         run = lambda: s.pipeline_steps(m)  # noqa: E731
     elif lever == "channels_last":
@@ -319,7 +320,7 @@ def lever_row(report: Report, args, rgb, size, precision: str, lever: str, devic
 
 
 class _TorchLBFGS:
-    """``torch.optim.LBFGS`` behind :class:`videostyle.lbfgs.LBFGS`'s interface (the lever's baseline)."""
+    """``torch.optim.LBFGS`` behind :class:`videostyle.model.lbfgs.LBFGS`'s interface (the lever's baseline)."""
 
     def __init__(self, variable: torch.Tensor, *, history_size: int, lr: float = 1.0):
         self.opt = torch.optim.LBFGS([variable], lr=lr, max_iter=1, history_size=history_size,
@@ -332,7 +333,7 @@ class _TorchLBFGS:
 class _GraphedObjective:
     """The objective's forward+backward captured once as a CUDA graph and replayed per call.
 
-    Used like a :class:`~videostyle.optimise.FrameObjective` by :func:`stylise_frame` (its
+    Used like a :class:`~videostyle.model.optimise.FrameObjective` by :func:`stylise_frame` (its
     ``loss_and_gradient``). fp32 only (autocast's weight cache cannot be captured).
     """
 
@@ -366,7 +367,7 @@ def distances(encoder, image: torch.Tensor, content: torch.Tensor, style_grams: 
               content_layer: str) -> tuple[float, float]:
     """``(style, content)`` distances of ``image``: the mean over style layers of the Gram MSE relative
     to the Gram's power, and the relu4_2 MSE relative to the content's power (both float32)."""
-    from videostyle import losses
+    from videostyle.model import losses
     with torch.no_grad():
         feats = encoder(image)
         target = encoder(content)[content_layer]

@@ -14,7 +14,7 @@ Usage: python scripts/trained_weights.py   (the wheel is kept beside the convert
 
 import sys
 
-from videostyle.trained import main
+from videostyle.model.trained import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,7 +21,7 @@ def _trained_weights_or_skip(request):
     without it, or fail where ``VIDEOSTYLE_REQUIRE_TRAINED=1`` (CI, whose .ci/run makes the cache)."""
     if request.node.get_closest_marker("trained") is None:
         return
-    from videostyle.features import trained_weights_path
+    from videostyle.model.features import trained_weights_path
 
     path = trained_weights_path()
     if not path.is_file():

@@ -16,11 +16,13 @@ import torch
 from clips import make_clip
 from PIL import Image
 
-from videostyle import colour, images, losses, pipeline
-from videostyle.cli import _style_config, build_parser, main
+from videostyle.model import colour, losses
+from videostyle import images
+from videostyle.run import chain
+from videostyle.cli.main import _style_config, build_parser, main
 from videostyle.config import StyleConfig
-from videostyle.video.decode import iter_frames
-from videostyle.video.probe import probe_video
+from videostyle.media.decode import iter_frames
+from videostyle.media.probe import probe_video
 
 SMALL = ["--weights", "untrained", "--size", "64"]
 # Where the layer choice does not matter: a VGG truncated after relu3_1 costs a fraction of the full one.
@@ -53,7 +55,7 @@ def _cfg(files: Path, *argv: str, command: str = "image", styles: str = "stripes
 def _run(files: Path, tmp_path: Path, *argv: str, styles: str = "stripes.png"):
     """``videostyle image`` with ``argv`` through the Python API: (final losses, output (H, W, 3) uint8)."""
     out = tmp_path / f"out{len(list(tmp_path.glob('out*.png')))}.png"
-    result = pipeline.stylize_image(files / "content.png", out, _cfg(files, *argv, styles=styles))
+    result = chain.stylize_image(files / "content.png", out, _cfg(files, *argv, styles=styles))
     return result, images.load_image(out)
 
 
@@ -111,7 +113,7 @@ def test_style_scale_changes_the_style_targets(files):
     grams = {}
     for scale in ("1", "0.5"):
         cfg = _cfg(files, "--style-scale", scale)
-        grams[scale] = pipeline.Stylizer(cfg, device=torch.device("cpu"), working_size=(64, 48)).targets.grams
+        grams[scale] = chain.Stylizer(cfg, device=torch.device("cpu"), working_size=(64, 48)).targets.grams
     assert not torch.allclose(grams["1"]["relu1_1"], grams["0.5"]["relu1_1"], rtol=1e-3)
 
 
@@ -119,13 +121,13 @@ def test_pooling_max_changes_the_losses(files, tmp_path):
     avg, _ = _run(files, tmp_path, "--iters", "0", "--init-first", "noise")
     mx, _ = _run(files, tmp_path, "--iters", "0", "--init-first", "noise", "--pooling", "max")
     assert mx["style"] != pytest.approx(avg["style"], rel=1e-3)
-    stylizer = pipeline.Stylizer(_cfg(files, "--pooling", "max"), device=torch.device("cpu"), working_size=(64, 48))
+    stylizer = chain.Stylizer(_cfg(files, "--pooling", "max"), device=torch.device("cpu"), working_size=(64, 48))
     assert isinstance(stylizer.encoder.stack.pool1, torch.nn.MaxPool2d)
 
 
 def test_content_layers_choose_the_content_layer(files, tmp_path):
     cfg = _cfg(files, "--content-layers", "relu3_1")
-    stylizer = pipeline.Stylizer(cfg, device=torch.device("cpu"), working_size=(64, 48))
+    stylizer = chain.Stylizer(cfg, device=torch.device("cpu"), working_size=(64, 48))
     assert stylizer.loss_weights.content_layers == {"relu3_1": 1.0}
     default, _ = _run(files, tmp_path, "--iters", "0", "--init-first", "noise")
     shallow, _ = _run(files, tmp_path, "--iters", "0", "--init-first", "noise", "--content-layers", "relu3_1")

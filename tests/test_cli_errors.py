@@ -15,8 +15,8 @@ import pytest
 from clips import full_disk_on_write, make_audio_only, make_clip, truncate_file
 from PIL import Image
 
-from videostyle import pipeline
-from videostyle.cli import main
+from videostyle.run import chain
+from videostyle.cli.main import main
 
 
 @pytest.fixture
@@ -191,7 +191,7 @@ def test_too_wide_for_the_encoder_is_refused_before_work(tmp_path, style, capsys
 
 def test_frames_too_large_for_memory_are_refused_before_work(tmp_path, style, capsys, monkeypatch):
     src = make_clip(tmp_path / "in.mp4", n_frames=2)
-    monkeypatch.setattr(pipeline, "_available_memory", lambda: 100 << 20)
+    monkeypatch.setattr(chain, "_available_memory", lambda: 100 << 20)
     assert _stylize(src, tmp_path / "out.mp4", style) == 2
     assert capsys.readouterr().err.splitlines() == [
         "videostyle: error: video frames too large for the memory available: 64x48 px source, 64x48 px output "
@@ -238,7 +238,7 @@ def test_unusable_work_dir(tmp_path, style, capsys):
 
 
 def test_disk_full_while_writing_frames_keeps_finished_frames(tmp_path, style, capsys, monkeypatch):
-    from videostyle import journal
+    from videostyle.store import workdir as journal
     src = make_clip(tmp_path / "in.mp4", n_frames=3)
     out, work = tmp_path / "out.mp4", tmp_path / "out.mp4.videostyle-work"
     assert _stylize(src, out, style, "--keep-workdir") == 0

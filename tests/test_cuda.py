@@ -15,11 +15,11 @@ import torch
 from clips import make_clip
 from PIL import Image
 
-from videostyle import losses
-from videostyle.features import VGGEncoder, resolve_weights
-from videostyle.flow import warp
-from videostyle.optimise import FrameObjective, LossWeights, TemporalTerm, compute_style_targets, stylise_frame
-from videostyle.temporal import initial_image, mask_tensor, warm_start_mask, warp_previous
+from videostyle.model import losses
+from videostyle.model.features import VGGEncoder, resolve_weights
+from videostyle.motion.flow import warp
+from videostyle.model.optimise import FrameObjective, LossWeights, TemporalTerm, compute_style_targets, stylise_frame
+from videostyle.motion.temporal import initial_image, mask_tensor, warm_start_mask, warp_previous
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -132,7 +132,7 @@ def test_optimised_frame_matches_cpu(encoders):
 
 
 def test_tiny_run_gives_the_cpu_frames(tmp_path):
-    from videostyle.cli import main
+    from videostyle.cli.main import main
     clip = make_clip(tmp_path / "clip.mp4", n_frames=4)
     style = tmp_path / "style.png"
     yy, xx = np.mgrid[0:48, 0:48]

@@ -1,4 +1,4 @@
-"""The output is encoded while frames are made (videostyle.encode_stream), from journaled frames only."""
+"""The output is encoded while frames are made (videostyle.media.encode_stream), from journaled frames only."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 from clips import make_clip
 from PIL import Image
 
-from videostyle import encode_stream, pipeline
-from videostyle.cli import main
+from videostyle.media import encode_stream
+from videostyle.run import chain
+from videostyle.cli.main import main
 from videostyle.errors import OutputError
 
 N_FRAMES = 6
@@ -54,7 +55,7 @@ def test_frames_are_encoded_while_later_frames_are_optimised(job, monkeypatch, t
     after the last frame, the run would wait here in vain."""
     clip, _, argv = job
     pulled = _pulled_frames(monkeypatch)
-    real_stylise = pipeline.Stylizer.stylise
+    real_stylise = chain.Stylizer.stylise
     calls, waited_in_vain = [], []
 
     def stylise(self, *args, **kwargs):
@@ -67,7 +68,7 @@ def test_frames_are_encoded_while_later_frames_are_optimised(job, monkeypatch, t
             waited_in_vain.append(n)
         return real_stylise(self, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.Stylizer, "stylise", stylise)
+    monkeypatch.setattr(chain.Stylizer, "stylise", stylise)
     assert main(argv) == 0
     assert waited_in_vain == [] and len(calls) == N_FRAMES
     assert pulled == _pts(clip) == _pts(tmp_path / "out.mp4")
@@ -103,7 +104,7 @@ def test_an_encoder_failure_mid_run_is_mended_from_the_journal(job, monkeypatch,
         return real(two(), **kwargs)
 
     monkeypatch.setattr(encode_stream, "encode_video", failing)
-    with caplog.at_level(logging.INFO, logger="videostyle.pipeline"):
+    with caplog.at_level(logging.INFO, logger="videostyle.run.chain"):
         assert main(argv) == 0
     assert len(calls) == 2 and _pts(tmp_path / "out.mp4") == _pts(clip)
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
@@ -114,9 +115,9 @@ def test_an_encoder_failure_mid_run_is_mended_from_the_journal(job, monkeypatch,
 def test_ctrl_c_while_waiting_for_the_encoder_leaves_no_output(tmp_path):
     """Ctrl-C during finish() (the last frames still encoding) aborts the encoder: neither the output nor
     its temp file is left, and the interrupt goes on."""
-    from videostyle.journal import WorkDir
-    from videostyle.video.decode import iter_frames
-    from videostyle.video.probe import probe_video
+    from videostyle.store.workdir import WorkDir
+    from videostyle.media.decode import iter_frames
+    from videostyle.media.probe import probe_video
 
     info = probe_video(make_clip(tmp_path / "in.mp4", n_frames=12, audio=None))
     work = WorkDir.open(tmp_path / "w", {"config_hash": "x"})

@@ -7,10 +7,10 @@ import numpy as np
 from clips import make_clip
 from PIL import Image
 
-from videostyle.cli import main
+from videostyle.cli.main import main
 from videostyle.config import RunOptions, StyleConfig
-from videostyle.evaluate import evaluate_frames, read_frames
-from videostyle.pipeline import stylize_video
+from videostyle.tools.evaluate import evaluate_frames, read_frames
+from videostyle.run.chain import stylize_video
 
 SIZE = (64, 48)
 

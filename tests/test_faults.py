@@ -34,10 +34,10 @@ from clips import make_clip
 from PIL import Image
 
 import videostyle
-from videostyle import journal
-from videostyle.cli import main
+from videostyle.store import workdir as journal
+from videostyle.cli.main import main
 from videostyle.errors import OutputError
-from videostyle.journal import WorkDir
+from videostyle.store.workdir import WorkDir
 
 N_FRAMES = 6
 FAST = ["--weights", "untrained", "--size", "32", "--iters", "3,2", "--content-layers", "relu2_1",
@@ -337,12 +337,12 @@ def test_a_bad_setting_is_refused_before_a_work_dir_exists(job, tmp_path, capsys
 
 
 def test_a_run_stopped_before_its_first_frame_leaves_no_manifest(job, tmp_path, capsys, monkeypatch):
-    from videostyle import pipeline
+    from videostyle.run import chain
     root, clip, style, _ = job
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(pipeline, "_stylise_frames", stopped)
+    monkeypatch.setattr(chain, "_stylise_frames", stopped)
     assert main(_args(tmp_path, clip, style, "s")) == 130
     assert _err_lines(capsys)[-1] == (
         "videostyle: interrupted before any work was saved; run the same command again to start")
@@ -393,7 +393,7 @@ def _corpus(root: Path) -> dict[str, Path]:
 # own output too) captured per case; one JSON line per case lets the parent bound each case's time.
 _RUNNER = r"""
 import json, os, sys, tempfile
-from videostyle.cli import main
+from videostyle.cli.main import main
 style, outdir, cases = sys.argv[1], sys.argv[2], sys.argv[3:]
 for case in cases:
     name = os.path.basename(case)

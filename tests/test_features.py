@@ -4,7 +4,7 @@ import warnings
 import pytest
 import torch
 
-from videostyle import features
+from videostyle.model import features
 from videostyle.errors import WeightsError
 
 

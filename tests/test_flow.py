@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from videostyle import flow as flowmod
+from videostyle.motion import flow as flowmod
 from videostyle.errors import InputError, WeightsError
-from videostyle.flow import (FLOW_METHODS, FlowEstimator, FlowWorker, iter_frame_flows, reliability_mask,
+from videostyle.motion.flow import (FLOW_METHODS, FlowEstimator, FlowWorker, iter_frame_flows, reliability_mask,
                              warp, warp_numpy)
 
 W, H = 96, 72

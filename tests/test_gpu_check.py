@@ -15,9 +15,9 @@ import torch
 from clips import make_clip
 from PIL import Image
 
-from videostyle import memory
-from videostyle.cli import main
-from videostyle.features import VGGEncoder, resolve_weights
+from videostyle.model import memory
+from videostyle.cli.main import main
+from videostyle.model.features import VGGEncoder, resolve_weights
 from videostyle.timing import PHASE_NAMES, PHASES
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from videostyle.errors import ResumeError
-from videostyle.journal import JOURNAL, WorkDir
+from videostyle.store.workdir import JOURNAL, WorkDir
 
 MANIFEST = {"config_hash": "abc", "source_fingerprint": "src", "weights_id": "w", "working_size": [4, 2]}
 

@@ -1,4 +1,4 @@
-"""videostyle.lbfgs.LBFGS is torch.optim.LBFGS (max_iter=1, no line search) step for step, bit for
+"""videostyle.model.lbfgs.LBFGS is torch.optim.LBFGS (max_iter=1, no line search) step for step, bit for
 bit on the CPU, while reading one number back from the device per step instead of ~100."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from videostyle import losses
-from videostyle.lbfgs import LBFGS
-from videostyle.optimise import FrameObjective, LossWeights, compute_style_targets, stylise_frame
+from videostyle.model import losses
+from videostyle.model.lbfgs import LBFGS
+from videostyle.model.optimise import FrameObjective, LossWeights, compute_style_targets, stylise_frame
 
 
 def _run(objective, start: torch.Tensor, *, ours: bool, iterations: int, history: int) -> list[torch.Tensor]:
@@ -73,7 +73,7 @@ def test_pairs_without_curvature_are_dropped_as_torch_does():
 def test_a_frame_reads_back_about_one_number_per_iteration(monkeypatch):
     """Host reads (bool/float/item/tolist of a tensor) during a 20-iteration frame: one curvature
     test per step and the loss history every 10 iterations, not one per history pair."""
-    from videostyle.features import VGGEncoder, resolve_weights
+    from videostyle.model.features import VGGEncoder, resolve_weights
     encoder = VGGEncoder(["relu1_1", "relu2_1"], resolve_weights("untrained"))
     content = torch.rand((1, 3, 24, 32), generator=torch.Generator().manual_seed(1))
     targets = compute_style_targets(encoder, [torch.rand((1, 3, 24, 24))], [1.0], ["relu1_1"])

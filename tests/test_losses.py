@@ -1,6 +1,6 @@
 import torch
 
-from videostyle import losses
+from videostyle.model import losses
 
 
 def test_gram_is_normalised_by_chw():

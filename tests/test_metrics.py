@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from videostyle.errors import InputError
-from videostyle.metrics import temporal_warping_error
+from videostyle.model.metrics import temporal_warping_error
 
 W, H = 96, 72
 
@@ -101,7 +101,7 @@ def test_input_checks():
 
 
 def test_warping_error_with_the_exact_flow_of_a_shift_is_small_and_nan_without_reliable_pixels():
-    from videostyle.metrics import warping_error
+    from videostyle.model.metrics import warping_error
 
     prev, cur = texture(), texture(shift=(1.5, 0.5))
     flow = np.zeros((H, W, 2), np.float32)

@@ -11,8 +11,8 @@ import torch
 from clips import make_clip
 from PIL import Image
 
-from videostyle import features
-from videostyle.cli import main
+from videostyle.model import features
+from videostyle.cli.main import main
 
 FAST = ["--size", "32", "--iters", "2", "--content-layers", "relu2_1", "--style-layers", "relu1_1,relu2_1", "-q"]
 

@@ -2,8 +2,8 @@ import numpy as np
 import torch
 import pytest
 
-from videostyle import features, losses, optimise
-from videostyle.temporal import initial_image, long_term_masks, warm_start_mask
+from videostyle.model import features, losses, optimise
+from videostyle.motion.temporal import initial_image, long_term_masks, warm_start_mask
 
 STYLE_LAYERS = {"relu1_1": 0.2, "relu2_1": 0.2, "relu3_1": 0.2, "relu4_1": 0.2, "relu5_1": 0.2}
 
@@ -136,7 +136,7 @@ def test_warm_start_mask_keeps_the_warp_wherever_the_flow_stays_in_the_frame():
 def test_video_warm_start_takes_content_only_where_the_init_mode_says(init, from_warp):
     """Flow all unreliable (a fast pan, say), the last two columns entering from outside the frame."""
     from videostyle.config import StyleConfig
-    from videostyle.pipeline import _init_and_temporal
+    from videostyle.run.chain import _init_and_temporal
 
     cfg = StyleConfig(styles=("s.png",), init=init)
     content, previous = torch.zeros(1, 3, 3, 4), torch.ones(1, 3, 3, 4)

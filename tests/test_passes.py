@@ -20,9 +20,10 @@ import torch
 from clips import make_clip
 from PIL import Image
 
-from videostyle import evaluate, images
-from videostyle.cli import main
-from videostyle.passes import pass_order
+from videostyle.tools import evaluate
+from videostyle import images
+from videostyle.cli.main import main
+from videostyle.run.passes import pass_order
 
 N_FRAMES = 6
 # The loss balance these tests were measured with on untrained weights (the defaults are now chosen on

@@ -22,11 +22,11 @@ import pytest
 from clips import make_clip
 from PIL import Image
 
-from videostyle.cli import main
-from videostyle.distributed import SeamMeter, Segment, crossfade, plan_segments, seam_pairs, seek_point
-from videostyle.scenes import detect_scene_cuts, frame_changes
-from videostyle.video.decode import iter_frames, keyframes
-from videostyle.video.probe import probe_video
+from videostyle.cli.main import main
+from videostyle.run.distributed import SeamMeter, Segment, crossfade, plan_segments, seam_pairs, seek_point
+from videostyle.motion.scenes import detect_scene_cuts, frame_changes
+from videostyle.media.decode import iter_frames, keyframes
+from videostyle.media.probe import probe_video
 
 N_FRAMES = 12
 FAST = ["--weights", "untrained", "--size", "64", "--iters", "4,2", "--content-layers", "relu2_1",

@@ -28,8 +28,8 @@ import torch
 from clips import make_clip
 from PIL import Image
 
-from videostyle.cli import main
-from videostyle.journal import WorkDir
+from videostyle.cli.main import main
+from videostyle.store.workdir import WorkDir
 
 N_FRAMES = 6
 FAST = ["--weights", "untrained", "--size", "32", "--iters", "3,2", "--content-layers", "relu2_1",

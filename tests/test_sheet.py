@@ -6,8 +6,8 @@ import numpy as np
 from clips import make_clip
 from PIL import Image
 
-from videostyle.cli import main
-from videostyle.sheet import label_band_height
+from videostyle.cli.main import main
+from videostyle.tools.sheet import label_band_height
 
 
 def test_sheet_grid_has_a_labelled_cell_per_style_and_weight_setting(tmp_path, capsys):

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from videostyle import cli, features, optimise
+from videostyle.cli import main as cli
+from videostyle.cli.main import main
+from videostyle.model import features, optimise
 from videostyle.config import QUALITY_PRESETS, StyleConfig
 from videostyle.errors import OutputError
-from videostyle.frame_writer import FrameWriter
-from videostyle.journal import WorkDir
-from videostyle.pipeline import Stylizer
+from videostyle.store.frame_writer import FrameWriter
+from videostyle.store.workdir import WorkDir
+from videostyle.run.chain import Stylizer
 
 STYLE_LAYERS = {"relu1_1": 0.5, "relu2_1": 0.5}
 
@@ -86,18 +88,18 @@ def test_video_frames_get_octaves_only_when_optimised_from_scratch(tmp_path, mon
     from clips import make_clip
     from PIL import Image
 
-    from videostyle import pipeline
-    from videostyle.cli import main
+    from videostyle.run import chain
+    from videostyle.cli.main import main
 
     clip = make_clip(tmp_path / "in.mp4", n_frames=4, audio=None)
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "s.png")
-    real, calls = pipeline.Stylizer.stylise, []
+    real, calls = chain.Stylizer.stylise, []
 
     def stylise(self, *args, warm_started=False, **kwargs):
         calls.append(warm_started)
         return real(self, *args, warm_started=warm_started, **kwargs)
 
-    monkeypatch.setattr(pipeline.Stylizer, "stylise", stylise)
+    monkeypatch.setattr(chain.Stylizer, "stylise", stylise)
     assert main(["stylize", str(clip), "--style", str(tmp_path / "s.png"), "-o", str(tmp_path / "o.mp4"),
                  "--weights", "untrained", "--size", "32", "--iters", "2,1", "--octaves", "2", "--init", init,
                  "--content-layers", "relu2_1", "--style-layers", "relu1_1", "-q"]) == 0
@@ -190,19 +192,19 @@ def test_a_scene_cut_starts_the_chain_afresh(tmp_path, monkeypatch, cut_at, fres
     from clips import make_clip
     from PIL import Image
 
-    from videostyle import pipeline
-    from videostyle.cli import main
+    from videostyle.run import chain
+    from videostyle.cli.main import main
 
     clip = make_clip(tmp_path / "in.mp4", size=(96, 64), n_frames=6, cut_at=cut_at, audio=None)
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "s.png")
-    real, calls = pipeline.Stylizer.stylise, []
+    real, calls = chain.Stylizer.stylise, []
 
     def stylise(self, target, init, *, iterations, temporal=(), warm_started=False, **kwargs):
         calls.append((iterations, warm_started, len(temporal), torch.equal(init, target)))
         return real(self, target, init, iterations=iterations, temporal=temporal, warm_started=warm_started,
                     **kwargs)
 
-    monkeypatch.setattr(pipeline.Stylizer, "stylise", stylise)
+    monkeypatch.setattr(chain.Stylizer, "stylise", stylise)
     assert main(["stylize", str(clip), "--style", str(tmp_path / "s.png"), "-o", str(tmp_path / "o.mp4"),
                  "--weights", "untrained", "--size", "48", "--iters", "3,1", "--octaves", "2",
                  "--content-layers", "relu2_1", "--style-layers", "relu1_1", "-q"]) == 0

@@ -8,9 +8,9 @@ import pytest
 from clips import identify_frame, make_clip
 from PIL import Image
 
-from videostyle.cli import main
+from videostyle.cli.main import main
 from videostyle.images import load_image
-from videostyle.video.probe import probe_video
+from videostyle.media.probe import probe_video
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,15 @@
-"""Tiled evaluation (videostyle.tiled) gives the untiled objective's value and gradient."""
+"""Tiled evaluation (videostyle.model.tiled) gives the untiled objective's value and gradient."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from videostyle.features import VGGEncoder, resolve_weights
-from videostyle.optimise import FrameObjective, LossWeights, TemporalTerm, compute_style_targets, stylise_frame
-from videostyle import memory
-from videostyle.memory import choose_tile
-from videostyle.tiled import ALIGN, TiledObjective, plan_tiles, receptive_radius
+from videostyle.model.features import VGGEncoder, resolve_weights
+from videostyle.model.optimise import FrameObjective, LossWeights, TemporalTerm, compute_style_targets, stylise_frame
+from videostyle.model import memory
+from videostyle.model.memory import choose_tile
+from videostyle.model.tiled import ALIGN, TiledObjective, plan_tiles, receptive_radius
 
 STYLE = {"relu1_1": 0.2, "relu2_1": 0.2, "relu3_1": 0.2, "relu4_1": 0.2, "relu5_1": 0.2}
 CONTENT = {"relu4_2": 1.0}
@@ -83,7 +83,7 @@ def test_a_forced_tile_gives_the_untiled_picture(tmp_path):
     from PIL import Image
 
     from videostyle.config import RunOptions, StyleConfig
-    from videostyle.pipeline import stylize_image
+    from videostyle.run.chain import stylize_image
 
     g = np.random.default_rng(0)
     photo, style = tmp_path / "photo.png", tmp_path / "style.png"
@@ -117,12 +117,12 @@ def test_the_tile_chosen_for_a_memory_budget():
 @pytest.mark.parametrize("text, expected", [("4GB", 4 << 30), ("512MB", 512 << 20), ("2.5GiB", int(2.5 * 2**30)),
                                             ("1g", 1 << 30)])
 def test_max_memory_sizes(text, expected):
-    from videostyle.cli import _memory_size
+    from videostyle.cli.main import _memory_size
     assert _memory_size(text) == expected
 
 
 def test_a_bad_max_memory_is_one_line(capsys):
-    from videostyle.cli import main
+    from videostyle.cli.main import main
     with pytest.raises(SystemExit) as stop:
         main(["image", "a.png", "--style", "b.png", "--max-memory", "lots"])
     assert stop.value.code == 2

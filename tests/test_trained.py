@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from videostyle import features, trained
+from videostyle.model import features, trained
 from videostyle.config import StyleConfig
-from videostyle.metrics import quality_distances
-from videostyle.optimise import compute_style_targets
-from videostyle.pipeline import Stylizer
+from videostyle.model.metrics import quality_distances
+from videostyle.model.optimise import compute_style_targets
+from videostyle.run.chain import Stylizer
 
 pytestmark = pytest.mark.trained
 
@@ -102,8 +102,8 @@ def test_known_motion_flickers_a_tenth_of_independent_frames(tmp_path):
 
     from videostyle import images
     from videostyle.config import RunOptions
-    from videostyle.evaluate import evaluate_frames, read_frames
-    from videostyle.pipeline import stylize_video
+    from videostyle.tools.evaluate import evaluate_frames, read_frames
+    from videostyle.run.chain import stylize_video
 
     w, h, n, shift = 64, 48, 5, 2
     big = images.to_uint8(trained.synthetic_photo((h, w + 16 * n), seed=7))

@@ -28,9 +28,9 @@ from clips import (
 )
 
 from videostyle.errors import InputError, OutputError
-from videostyle.video.decode import FramePrefetcher, SourceFrame, TruncatedVideoWarning, _PtsFixer, iter_frames
-from videostyle.video.encode import check_output_path, encode_video
-from videostyle.video.probe import probe_video
+from videostyle.media.decode import FramePrefetcher, SourceFrame, TruncatedVideoWarning, _PtsFixer, iter_frames
+from videostyle.media.encode import check_output_path, encode_video
+from videostyle.media.probe import probe_video
 
 FPS = 24
 N = 8

@@ -15,12 +15,12 @@ import pytest
 from clips import decoded_audio_span, decoded_times, gap_times, make_audio_only, make_recording
 from PIL import Image
 
-from videostyle.cli import main
+from videostyle.cli.main import main
 from videostyle.config import RunOptions, StyleConfig
 from videostyle.errors import InputError
-from videostyle.pipeline import stylize_video
-from videostyle.video import webcam
-from videostyle.video.webcam import CaptureSource, record
+from videostyle.run.chain import stylize_video
+from videostyle.media import capture as webcam
+from videostyle.media.capture import CaptureSource, record
 
 FPS = 30
 AUDIO_TOLERANCE_S = 0.050

@@ -2,18 +2,18 @@
 
 __version__ = "0.3.0"
 
-from .config import RunOptions, StyleConfig  # noqa: E402
+from videostyle.config import RunOptions, StyleConfig  # noqa: E402
 
 
 def stylize_video(*args, **kwargs):
-    """See :func:`videostyle.pipeline.stylize_video`."""
-    from .pipeline import stylize_video as run
+    """See :func:`videostyle.run.chain.stylize_video`."""
+    from videostyle.run.chain import stylize_video as run
     return run(*args, **kwargs)
 
 
 def stylize_image(*args, **kwargs):
-    """See :func:`videostyle.pipeline.stylize_image`."""
-    from .pipeline import stylize_image as run
+    """See :func:`videostyle.run.chain.stylize_image`."""
+    from videostyle.run.chain import stylize_image as run
     return run(*args, **kwargs)
 
 

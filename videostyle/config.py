@@ -49,26 +49,26 @@ class StyleConfig:
             1/2, 1/4, ... of the size (as many iterations per level, each ~4x cheaper than the level
             above), 1 = full size only; warm-started frames run at full size only.
         content_weight, style_weight, tv_weight, temporal_weight: loss weights (content and style terms
-            are normalised per layer by their target magnitude, see :mod:`videostyle.losses`).
+            are normalised per layer by their target magnitude, see :mod:`videostyle.model.losses`).
         range_weight: weight of the penalty on pixels outside [0, 1] (0: only the final clamp).
         content_layers / style_layers: ``(layer, weight)`` pairs; layer weights are normalised to sum 1.
         pooling: ``avg`` (Gatys) or ``max`` (VGG's own).
         init_first: ``content`` or ``noise`` for frame 0; init: for later frames (the ``prev-warped``
-            modes: Ruder's warm start, see :func:`videostyle.temporal.warm_start_mask`).
+            modes: Ruder's warm start, see :func:`videostyle.motion.temporal.warm_start_mask`).
         flow: optical flow method; flow_offsets: temporal terms to frames t-k (``(1,)`` short-term only).
         tol_loss_relative: stop a frame early when the loss fell by less than this fraction over the
-            last :data:`~videostyle.optimise.TOL_WINDOW` iterations (0 disables), as artistic-videos'
+            last :data:`~videostyle.model.optimise.TOL_WINDOW` iterations (0 disables), as artistic-videos'
             ``-tol_loss_relative`` with its interval.
         lbfgs_history: L-BFGS correction pairs kept (neural-style's ``-lbfgs_num_correction``); each is
-            two ``3 x H x W`` float32 vectors: 50 pairs are 2.5 GB at 1920x1080 (:mod:`videostyle.memory`).
-        weights: ``auto|imagenet|untrained|hed|PATH`` (see :mod:`videostyle.features`).
+            two ``3 x H x W`` float32 vectors: 50 pairs are 2.5 GB at 1920x1080 (:mod:`videostyle.model.memory`).
+        weights: ``auto|imagenet|untrained|hed|PATH`` (see :mod:`videostyle.model.features`).
         model: ``vgg19`` or ``vgg16``, the network whose features the losses use (``--model``).
         seed: seeds noise init; the untrained weights have their own fixed seed.
         preserve_colors: luminance-only transfer, the output keeps the content's chroma
-            (:mod:`videostyle.colour`).
+            (:mod:`videostyle.model.colour`).
         mask / mask_feather: stylise only where the mask image or video is white, feathered by a
-            Gaussian of this sigma in working-size px (:mod:`videostyle.masks`).
-        passes / pass_blend / pass_iters: multi-pass video (:mod:`videostyle.passes`): passes after the
+            Gaussian of this sigma in working-size px (:mod:`videostyle.model.masks`).
+        passes / pass_blend / pass_iters: multi-pass video (:mod:`videostyle.run.passes`): passes after the
             first alternate backward and forward, each frame starting from its previous-pass result
             blended with the warped neighbour (weight ``pass_blend``), ``pass_iters`` iterations
             (None: ``iters``).
@@ -125,7 +125,7 @@ class StyleConfig:
         if not 1 <= self.octaves <= 5:
             raise ValueError(f"--octaves must be between 1 and 5, got {self.octaves}")
         _check_choice("model", self.model, MODELS)
-        from .features import check_layers  # torch only once a config is built
+        from videostyle.model.features import check_layers  # torch only once a config is built
         check_layers([name for name, _ in (*self.content_layers, *self.style_layers)], self.model)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("pooling", self.pooling, POOLINGS)
@@ -190,15 +190,15 @@ class RunOptions:
     keep_workdir: bool = False
     batch_size: int = 1           # frames journaled together; a finished batch is never redone
     precision: str = "fp32"       # VGG convolutions in fp32, bf16 or fp16 (autocast; losses stay fp32)
-    # Tiled VGG (videostyle.tiled): the same frames to float rounding, so neither is a resume setting.
+    # Tiled VGG (videostyle.model.tiled): the same frames to float rounding, so neither is a resume setting.
     tile: int | None = None       # px a side; None: chosen from max_memory (untiled when the frame fits)
     max_memory: int | None = None  # bytes for one frame's optimisation; None: the device's, less a margin
-    # Many workers (videostyle.distributed): None = one process; "local" = a Ray instance started here
+    # Many workers (videostyle.run.distributed): None = one process; "local" = a Ray instance started here
     # (or RAY_ADDRESS), else a Ray address. Segments of segment_frames, each with segment_overlap frames
     # of run-in cross-faded with the previous segment; ray_cpus per segment task on CPU workers. The
     # segment sizes do change frames near seams: segment work dirs are named by their frame range, so a
     # rerun with other sizes never reuses a segment that would differ. scene_cuts: a segment also starts
-    # at each scene cut, with no run-in (videostyle.scenes; the video is decoded once more to find them).
+    # at each scene cut, with no run-in (videostyle.motion.scenes; the video is decoded once more to find them).
     ray: str | None = None
     segment_frames: int = 300
     segment_overlap: int = 10

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputError
-from .paths import write_atomic
+from videostyle.errors import InputError
+from videostyle.paths import write_atomic
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:

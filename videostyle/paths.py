@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import OutputError
+from videostyle.errors import OutputError
 
 # Weights names that are not files (features.resolve_weights).
 _NAMED_WEIGHTS = ("auto", "imagenet", "untrained")
