@@ -46,9 +46,10 @@ from videostyle.config import QUALITY_PRESETS, RunOptions, StyleConfig  # noqa: 
 from videostyle.model.features import VGGEncoder, resolve_weights  # noqa: E402
 from videostyle.motion.flow import FlowEstimator, reliability_mask  # noqa: E402
 from videostyle.model.optimise import (FrameObjective, LossWeights, TemporalTerm,  # noqa: E402
-                                 compute_style_targets, octave_sizes, stylise_coarse_to_fine,
-                                 stylise_frame)
-from videostyle.run.chain import pick_device, stylize_video  # noqa: E402
+                                 compute_style_targets, octave_sizes, stylize_coarse_to_fine,
+                                 stylize_frame)
+from videostyle.step import pick_device  # noqa: E402
+from videostyle.run.api import stylize_video  # noqa: E402
 from videostyle.motion.temporal import initial_image, mask_tensor, warm_start_mask, warp_previous  # noqa: E402
 
 STYLE_LAYERS = {f"relu{i}_1": 0.2 for i in range(1, 6)}
@@ -91,7 +92,7 @@ def check_size(size: tuple[int, int], rgb, enc, targets, lw, device) -> tuple[st
         torch.cuda.reset_peak_memory_stats()
     try:
         t = time.perf_counter()
-        stylise_frame(FrameObjective(enc, content, targets, lw, temporal), content, iterations=2,
+        stylize_frame(FrameObjective(enc, content, targets, lw, temporal), content, iterations=2,
                       evaluate_result=False)
         sync(device)
         seconds = (time.perf_counter() - t) / 2
@@ -163,7 +164,7 @@ def main() -> None:
 
     # Frame 0 stylised from scratch: the "previous output" for the warm-start measurements.
     obj0 = FrameObjective(enc, contents[0], targets, lw)
-    prev = images.to_tensor(images.to_uint8(stylise_frame(obj0, contents[0], iterations=args.ref_iters).image),
+    prev = images.to_tensor(images.to_uint8(stylize_frame(obj0, contents[0], iterations=args.ref_iters).image),
                             device)
     est = FlowEstimator("dis")
     small = [images.resize_rgb(f, size) for f in frames]
@@ -188,7 +189,7 @@ def main() -> None:
 
         def pipeline_run():
             # As the video loop runs a frame: one L-BFGS step per iteration, no final evaluation.
-            stylise_frame(objective_p, contents[1], iterations=n_it, evaluate_result=False)
+            stylize_frame(objective_p, contents[1], iterations=n_it, evaluate_result=False)
 
         t_bare, t_pipe = [], []
         for _ in range(args.reps):
@@ -232,7 +233,7 @@ def iterations_to_threshold(args, enc, contents, targets, lw, temporal, objectiv
     """(2): full-size-equivalent iterations to the thresholds, from scratch, warm and with c2f."""
     rows = []
     t = time.perf_counter()
-    ref = stylise_frame(objective, contents[1], iterations=args.ref_iters)
+    ref = stylize_frame(objective, contents[1], iterations=args.ref_iters)
     t_ref = time.perf_counter() - t
     converged = min(ref.history)
 
@@ -255,7 +256,7 @@ def iterations_to_threshold(args, enc, contents, targets, lw, temporal, objectiv
     runs = {"from scratch": (t_ref, ref.history, ())}
     for mode in (StyleConfig.init, "prev-warped"):  # the default, and content wherever the flow is unreliable
         t = time.perf_counter()
-        warm = stylise_frame(objective, warm_init(mode), iterations=args.ref_iters)
+        warm = stylize_frame(objective, warm_init(mode), iterations=args.ref_iters)
         runs[f"warm start (--init {mode})"] = (time.perf_counter() - t, warm.history, ())
     for octaves in (2, 3):
         levels = len(octave_sizes(*contents[1].shape[-2:], octaves))
@@ -263,7 +264,7 @@ def iterations_to_threshold(args, enc, contents, targets, lw, temporal, objectiv
             continue  # too small for this many octaves: the same run as fewer octaves
         for name, init in (("warm", warm_init(StyleConfig.init)), ("from scratch", contents[1])):
             t = time.perf_counter()
-            c2f = stylise_coarse_to_fine(enc, contents[1], init, targets, lw, temporal,
+            c2f = stylize_coarse_to_fine(enc, contents[1], init, targets, lw, temporal,
                                          iterations=args.ref_iters, coarse_iterations=args.coarse_iters,
                                          octaves=octaves)
             runs[f"{name} + c2f, {octaves} octaves"] = (time.perf_counter() - t, c2f.history,
@@ -301,7 +302,7 @@ def end_to_end(args) -> tuple[str, str]:
 
 def tiled_child(args) -> dict:
     """One frame of --tiled's size, --tile-iters iterations, tiled when ``--_child tiled``."""
-    from videostyle.run.chain import Stylizer
+    from videostyle.step import Stylizer
     width, height = (int(v) for v in args.tiled.lower().split("x"))
     cfg = StyleConfig(styles=(args.style,), size=max(width, height), weights=args.weights,
                       lbfgs_history=args.lbfgs_history)
@@ -311,7 +312,7 @@ def tiled_child(args) -> dict:
     content = images.to_tensor(frame, stylizer.device)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
-    stylizer.stylise(content, content, iterations=args.tile_iters, warm_started=True, evaluate_result=False)
+    stylizer.stylize(content, content, iterations=args.tile_iters, warm_started=True, evaluate_result=False)
     seconds = (time.perf_counter() - t) / args.tile_iters
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"seconds": seconds, "peak_mib": peak / 1024, "before_mib": base / 1024}

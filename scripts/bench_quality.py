@@ -43,7 +43,7 @@ from videostyle.model.features import VGGEncoder, resolve_weights  # noqa: E402
 from videostyle.model.losses import gram  # noqa: E402
 from videostyle.model.metrics import quality_distances  # noqa: E402
 from videostyle.model.optimise import compute_style_targets  # noqa: E402
-from videostyle.run.chain import Stylizer  # noqa: E402
+from videostyle.step import Stylizer  # noqa: E402
 from videostyle.motion.temporal import initial_image  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -89,7 +89,7 @@ def ours(photo_path: Path, style_path: Path, cfg: StyleConfig, *, trace: list | 
     content = images.to_tensor(images.resize_rgb(rgb, working))
     stylizer = Stylizer(cfg, device=torch.device("cpu"), working_size=working, colour_reference=content)
     init = initial_image(cfg.init_first, content=content, generator=torch.Generator().manual_seed(cfg.seed))
-    result = stylizer.stylise(content, init, iterations=cfg.iters_first)
+    result = stylizer.stylize(content, init, iterations=cfg.iters_first)
     return result.image, time.perf_counter() - start, result.history
 
 
@@ -254,7 +254,7 @@ def trace(args, judge: Judge) -> None:
     With --trace-later N, then a later frame: the photo shifted 2 px right and 1 px down (exact flow), warm
     started from the first frame's result shifted the same way, with the temporal term (mask: inside the
     frame), N iterations."""
-    from videostyle.model.optimise import FrameObjective, TemporalTerm, stylise_frame
+    from videostyle.model.optimise import FrameObjective, TemporalTerm, stylize_frame
 
     photo_path, style_path = find("content", args.photos.split(",")[0]), find("styles", args.styles.split(",")[0])
     cfg = base_config(args, style_path, iters_first=args.trace, octaves=args.octaves)
@@ -277,7 +277,7 @@ def trace(args, judge: Judge) -> None:
     stylizer = Stylizer(cfg, device=torch.device("cpu"), working_size=working)
     term = TemporalTerm(warped, mask, cfg.temporal_weight)
     objective = FrameObjective(stylizer.encoder, content1, stylizer.targets, stylizer.loss_weights, (term,))
-    later = stylise_frame(objective, warped, iterations=args.trace_later)
+    later = stylize_frame(objective, warped, iterations=args.trace_later)
     _report_trace(later.history, f"later frame (warm start, temporal weight {cfg.temporal_weight:g})")
     print(f"total {time.perf_counter() - start:.0f} s")
 

@@ -38,8 +38,9 @@ from videostyle import images  # noqa: E402
 from videostyle.config import RunOptions, StyleConfig  # noqa: E402
 from videostyle.run.distributed import plan_segments, seam_pairs  # noqa: E402
 from videostyle.tools.evaluate import evaluate_frames, read_frames  # noqa: E402
-from videostyle.store.workdir import WorkDir  # noqa: E402
-from videostyle.run.chain import estimated_frame_count, stylize_video  # noqa: E402
+from videostyle.store.workdir import WorkDir, segment_dir  # noqa: E402
+from videostyle.run.plan import estimated_frame_count  # noqa: E402
+from videostyle.run.api import stylize_video  # noqa: E402
 from videostyle.media.decode import iter_frames  # noqa: E402
 from videostyle.media.encode import encode_video  # noqa: E402
 from videostyle.media.probe import probe_video  # noqa: E402
@@ -75,7 +76,7 @@ def encode_fps(workdir: Path, info, out: Path, size: tuple[int, int], length: in
     pts = [f.pts for f in iter_frames(info)]
     owned = []  # (work dir, local index) of every frame, from the segment that owns it
     for seg in plan_segments(len(pts), length=length, overlap=overlap):
-        work = WorkDir(workdir / "segments" / seg.name, {}, {})
+        work = WorkDir.view(segment_dir(workdir, seg.name))
         stop = len(pts) if seg.stop is None else seg.stop
         owned += [(work, t - seg.first) for t in range(seg.start, stop)]
     t0 = time.perf_counter()

@@ -60,7 +60,7 @@ from videostyle.tools.evaluate import evaluate_frames, read_frames  # noqa: E402
 from videostyle.model.features import resolve_weights  # noqa: E402
 from videostyle.motion.flow import FlowEstimator  # noqa: E402
 from videostyle.model.metrics import temporal_warping_error, warping_error  # noqa: E402
-from videostyle.run.chain import stylize_image, stylize_video  # noqa: E402
+from videostyle.run.api import stylize_image, stylize_video  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 

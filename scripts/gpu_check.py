@@ -57,8 +57,9 @@ from videostyle.model import features, memory, optimise  # noqa: E402
 from videostyle import images
 from videostyle.model.lbfgs import LBFGS  # noqa: E402
 from videostyle.config import QUALITY_PRESETS, RunOptions, StyleConfig  # noqa: E402
-from videostyle.model.optimise import LBFGS_HISTORY, FrameObjective, TemporalTerm, stylise_frame  # noqa: E402
-from videostyle.run.chain import Stylizer, pick_device, stylize_video  # noqa: E402
+from videostyle.model.optimise import LBFGS_HISTORY, FrameObjective, TemporalTerm, stylize_frame  # noqa: E402
+from videostyle.step import Stylizer, pick_device  # noqa: E402
+from videostyle.run.api import stylize_video  # noqa: E402
 from videostyle.timing import PHASE_NAMES, PHASES  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -169,7 +170,7 @@ class Setup:
 
     def pipeline_steps(self, n: int, objective=None) -> None:
         """``n`` iterations as the video loop runs a frame (L-BFGS, no final evaluation)."""
-        stylise_frame(objective or self.objective, self.content, iterations=n, evaluate_result=False)
+        stylize_frame(objective or self.objective, self.content, iterations=n, evaluate_result=False)
 
 
 def _deepest(encoder) -> str:
@@ -307,7 +308,7 @@ def lever_row(report: Report, args, rgb, size, precision: str, lever: str, devic
                        note="not applicable on the CPU")
             return
         step = _GraphedObjective(s.objective, s.content)
-        run = lambda: stylise_frame(step, s.content, iterations=m, evaluate_result=False)  # noqa: E731
+        run = lambda: stylize_frame(step, s.content, iterations=m, evaluate_result=False)  # noqa: E731
     else:
         raise ValueError(lever)
     try:
@@ -333,7 +334,7 @@ class _TorchLBFGS:
 class _GraphedObjective:
     """The objective's forward+backward captured once as a CUDA graph and replayed per call.
 
-    Used like a :class:`~videostyle.model.optimise.FrameObjective` by :func:`stylise_frame` (its
+    Used like a :class:`~videostyle.model.optimise.FrameObjective` by :func:`stylize_frame` (its
     ``loss_and_gradient``). fp32 only (autocast's weight cache cannot be captured).
     """
 
@@ -388,7 +389,7 @@ def section_quality(report: Report, budget: Budget, args, rgb: np.ndarray, devic
         s = ref if precision == "fp32" else Setup(args, rgb, size, precision, device)
         objective = FrameObjective(s.stylizer.encoder, s.content, s.stylizer.targets, s.stylizer.loss_weights)
         t = time.perf_counter()
-        out = stylise_frame(objective, s.content, iterations=args.quality_iters, evaluate_result=False).image
+        out = stylize_frame(objective, s.content, iterations=args.quality_iters, evaluate_result=False).image
         sync(device)
         seconds = time.perf_counter() - t
         style, content = distances(ref.stylizer.encoder, out, ref.content, ref.stylizer.targets.grams, layers,

@@ -13,12 +13,13 @@ import av
 import numpy as np
 import pytest
 import torch
-from clips import make_clip
+from common import make_clip
 from PIL import Image
 
 from videostyle.model import colour, losses
 from videostyle import images
-from videostyle.run import chain
+from videostyle.run import api
+from videostyle import step
 from videostyle.cli.main import _style_config, build_parser, main
 from videostyle.config import StyleConfig
 from videostyle.media.decode import iter_frames
@@ -55,7 +56,7 @@ def _cfg(files: Path, *argv: str, command: str = "image", styles: str = "stripes
 def _run(files: Path, tmp_path: Path, *argv: str, styles: str = "stripes.png"):
     """``videostyle image`` with ``argv`` through the Python API: (final losses, output (H, W, 3) uint8)."""
     out = tmp_path / f"out{len(list(tmp_path.glob('out*.png')))}.png"
-    result = chain.stylize_image(files / "content.png", out, _cfg(files, *argv, styles=styles))
+    result = api.stylize_image(files / "content.png", out, _cfg(files, *argv, styles=styles))
     return result, images.load_image(out)
 
 
@@ -88,6 +89,7 @@ def test_help_lists_every_artistic_flag(command, expected, capsys):
         assert "OUTPUT_STEM.iter_NNNN.png" in " ".join(text.split())
 
 
+@pytest.mark.slow
 def test_content_and_style_weight_scale_their_terms(files, tmp_path):
     # Zero iterations from a seeded noise image: the terms are those of the same image.
     base, _ = _run(files, tmp_path, "--iters", "0", "--init-first", "noise")
@@ -98,6 +100,7 @@ def test_content_and_style_weight_scale_their_terms(files, tmp_path):
     assert base["content"] > 0 and base["style"] > 0
 
 
+@pytest.mark.slow
 def test_higher_tv_weight_gives_smoother_result(files, tmp_path):
     _, rough = _run(files, tmp_path, "--iters", "15", "--style", str(files / "noise.png"), *SHALLOW)
     result, smooth = _run(files, tmp_path, "--iters", "15", "--tv-weight", "200", "--style", str(files / "noise.png"),
@@ -113,21 +116,23 @@ def test_style_scale_changes_the_style_targets(files):
     grams = {}
     for scale in ("1", "0.5"):
         cfg = _cfg(files, "--style-scale", scale)
-        grams[scale] = chain.Stylizer(cfg, device=torch.device("cpu"), working_size=(64, 48)).targets.grams
+        grams[scale] = step.Stylizer(cfg, device=torch.device("cpu"), working_size=(64, 48)).targets.grams
     assert not torch.allclose(grams["1"]["relu1_1"], grams["0.5"]["relu1_1"], rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_pooling_max_changes_the_losses(files, tmp_path):
     avg, _ = _run(files, tmp_path, "--iters", "0", "--init-first", "noise")
     mx, _ = _run(files, tmp_path, "--iters", "0", "--init-first", "noise", "--pooling", "max")
     assert mx["style"] != pytest.approx(avg["style"], rel=1e-3)
-    stylizer = chain.Stylizer(_cfg(files, "--pooling", "max"), device=torch.device("cpu"), working_size=(64, 48))
+    stylizer = step.Stylizer(_cfg(files, "--pooling", "max"), device=torch.device("cpu"), working_size=(64, 48))
     assert isinstance(stylizer.encoder.stack.pool1, torch.nn.MaxPool2d)
 
 
+@pytest.mark.slow
 def test_content_layers_choose_the_content_layer(files, tmp_path):
     cfg = _cfg(files, "--content-layers", "relu3_1")
-    stylizer = chain.Stylizer(cfg, device=torch.device("cpu"), working_size=(64, 48))
+    stylizer = step.Stylizer(cfg, device=torch.device("cpu"), working_size=(64, 48))
     assert stylizer.loss_weights.content_layers == {"relu3_1": 1.0}
     default, _ = _run(files, tmp_path, "--iters", "0", "--init-first", "noise")
     shallow, _ = _run(files, tmp_path, "--iters", "0", "--init-first", "noise", "--content-layers", "relu3_1")
@@ -144,6 +149,7 @@ def test_style_layer_weights_reach_the_loss(files, tmp_path):
     assert both["style"] != pytest.approx(one["style"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_style_blend_one_zero_equals_the_single_style_through_the_cli(files, tmp_path):
     single, single_rgb = _run(files, tmp_path, "--iters", "5", *SHALLOW)
     blend, blend_rgb = _run(files, tmp_path, "--iters", "5", "--style-weights", "1,0", *SHALLOW,
@@ -163,6 +169,7 @@ def _yiq(rgb: np.ndarray) -> np.ndarray:
 CHROMA_TOL = 0.0025
 
 
+@pytest.mark.slow
 def test_preserve_colors_keeps_the_content_chroma_and_changes_luminance(files, tmp_path):
     result, rgb = _run(files, tmp_path, "--iters", "12", "--preserve-colors", *SHALLOW)
     _, plain = _run(files, tmp_path, "--iters", "12", *SHALLOW)
@@ -183,6 +190,7 @@ def test_colour_round_trip_and_luminance_matching():
     assert float(matched.std()) == pytest.approx(float(y.std()), rel=0.1)
 
 
+@pytest.mark.slow
 def test_preserve_colors_video_keeps_every_frames_chroma(files, tmp_path):
     clip = make_clip(tmp_path / "in.mp4", n_frames=3, fps=12)
     assert main(["stylize", str(clip), "--style", str(files / "stripes.png"), "-o", str(tmp_path / "o.mp4"),
@@ -206,6 +214,7 @@ def _half_mask(path: Path, *, white_from: int = 32) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_masked_out_pixels_are_unchanged_and_masked_in_pixels_change(files, tmp_path):
     mask = _half_mask(tmp_path / "mask.png")
     _, rgb = _run(files, tmp_path, "--iters", "10", "--mask", str(mask), "--mask-feather", "2")
@@ -228,6 +237,7 @@ def _write_mask_video(path: Path, masks: list[np.ndarray]) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_video_mask_gives_frame_t_for_frame_t_and_holds_its_last_frame(files, tmp_path):
     clip = make_clip(tmp_path / "in.mp4", n_frames=4, fps=12)
     left, right = np.zeros((48, 64), np.uint8), np.zeros((48, 64), np.uint8)
@@ -264,6 +274,7 @@ def test_bad_mask_gives_one_line_and_exit_2(files, tmp_path, capsys):
     assert not (tmp_path / "o.mp4").exists() and not list(tmp_path.glob("*.videostyle-work"))
 
 
+@pytest.mark.slow
 def test_mask_file_is_part_of_the_resume_fingerprint(files, tmp_path, capsys):
     clip = make_clip(tmp_path / "in.mp4", n_frames=2, fps=12)
     mask = _half_mask(tmp_path / "mask.png")
@@ -277,6 +288,7 @@ def test_mask_file_is_part_of_the_resume_fingerprint(files, tmp_path, capsys):
 
 # --- --save-every and preview ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_save_every_writes_the_first_frame_every_n_iterations(files, tmp_path):
     out = tmp_path / "photo.png"
     assert main(["image", str(files / "content.png"), "--style", str(files / "stripes.png"), "-o", str(out),
@@ -293,6 +305,7 @@ def test_save_every_writes_the_first_frame_every_n_iterations(files, tmp_path):
     assert [p.name for p in tmp_path.glob("clip.iter_*.png")] == ["clip.iter_0003.png"]
 
 
+@pytest.mark.slow
 def test_preview_stylises_one_frame_and_prints_the_stylize_command(files, tmp_path, capsys):
     clip = make_clip(tmp_path / "in.mp4", n_frames=12, fps=12)
     out = tmp_path / "p.png"

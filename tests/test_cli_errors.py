@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clips import full_disk_on_write, make_audio_only, make_clip, truncate_file
+from common import full_disk_on_write, make_audio_only, make_clip, truncate_file
+from common import decoded_rgb as _decoded
 from PIL import Image
 
-from videostyle.run import chain
+from videostyle.model import memory
 from videostyle.cli.main import main
 
 
@@ -34,12 +35,6 @@ def _stylize(src, out, style, *extra):
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _decoded(video: Path) -> list:
-    import av
-    with av.open(str(video)) as container:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -139,14 +134,14 @@ def _zero_frame_mkv(path: Path) -> Path:
     """An MKV whose video stream holds no frame at all (audio only is muxed)."""
     import av
     from fractions import Fraction
-    from clips import _write_sine
+    from common import write_sine
     with av.open(str(path), "w", format="matroska") as out:
         video = out.add_stream("libx264", rate=24)
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
         audio = out.add_stream("aac", rate=48000)
         audio.layout = "mono"
         audio.time_base = Fraction(1, 48000)
-        _write_sine(out, audio, Fraction(0), Fraction(1, 4), 1, phase=0)
+        write_sine(out, audio, Fraction(0), Fraction(1, 4), 1, phase=0)
     return path
 
 
@@ -191,7 +186,7 @@ def test_too_wide_for_the_encoder_is_refused_before_work(tmp_path, style, capsys
 
 def test_frames_too_large_for_memory_are_refused_before_work(tmp_path, style, capsys, monkeypatch):
     src = make_clip(tmp_path / "in.mp4", n_frames=2)
-    monkeypatch.setattr(chain, "_available_memory", lambda: 100 << 20)
+    monkeypatch.setattr(memory, "available_memory", lambda: 100 << 20)
     assert _stylize(src, tmp_path / "out.mp4", style) == 2
     assert capsys.readouterr().err.splitlines() == [
         "videostyle: error: video frames too large for the memory available: 64x48 px source, 64x48 px output "

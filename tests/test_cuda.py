@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from clips import make_clip
+from common import make_clip
 from PIL import Image
 
 from videostyle.model import losses
 from videostyle.model.features import VGGEncoder, resolve_weights
 from videostyle.motion.flow import warp
-from videostyle.model.optimise import FrameObjective, LossWeights, TemporalTerm, compute_style_targets, stylise_frame
+from videostyle.model.optimise import FrameObjective, LossWeights, TemporalTerm, compute_style_targets, stylize_frame
 from videostyle.motion.temporal import initial_image, mask_tensor, warm_start_mask, warp_previous
 
 pytestmark = [pytest.mark.cuda,
@@ -123,7 +123,7 @@ def test_optimised_frame_matches_cpu(encoders):
         targets = compute_style_targets(enc, [style.to(device)], [1.0], list(STYLE))
         objective = FrameObjective(enc, content.to(device), targets, weights,
                                    [TemporalTerm(warped.to(device), mask.to(device), 50.0)])
-        results.append(stylise_frame(objective, content.to(device), iterations=10))
+        results.append(stylize_frame(objective, content.to(device), iterations=10))
     on_cpu, on_gpu = results
     assert on_gpu.image.device.type == "cuda"
     diff = (on_gpu.image.cpu() - on_cpu.image).abs()

@@ -8,11 +8,11 @@ import time
 import av
 import numpy as np
 import pytest
-from clips import make_clip
+from common import make_clip
 from PIL import Image
 
 from videostyle.media import encode_stream
-from videostyle.run import chain
+from videostyle import step
 from videostyle.cli.main import main
 from videostyle.errors import OutputError
 
@@ -50,12 +50,13 @@ def _pulled_frames(monkeypatch) -> list[int]:
     return pulled
 
 
+@pytest.mark.slow
 def test_frames_are_encoded_while_later_frames_are_optimised(job, monkeypatch, tmp_path):
     """Frame n is optimised only once the encoder has taken frame n-2: were the encoding left until
     after the last frame, the run would wait here in vain."""
     clip, _, argv = job
     pulled = _pulled_frames(monkeypatch)
-    real_stylise = chain.Stylizer.stylise
+    real_stylise = step.Stylizer.stylize
     calls, waited_in_vain = [], []
 
     def stylise(self, *args, **kwargs):
@@ -68,7 +69,7 @@ def test_frames_are_encoded_while_later_frames_are_optimised(job, monkeypatch, t
             waited_in_vain.append(n)
         return real_stylise(self, *args, **kwargs)
 
-    monkeypatch.setattr(chain.Stylizer, "stylise", stylise)
+    monkeypatch.setattr(step.Stylizer, "stylize", stylise)
     assert main(argv) == 0
     assert waited_in_vain == [] and len(calls) == N_FRAMES
     assert pulled == _pts(clip) == _pts(tmp_path / "out.mp4")

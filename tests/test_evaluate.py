@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import av
 import numpy as np
-from clips import make_clip
+import pytest
+from common import make_clip
 from PIL import Image
 
 from videostyle.cli.main import main
 from videostyle.config import RunOptions, StyleConfig
 from videostyle.tools.evaluate import evaluate_frames, read_frames
-from videostyle.run.chain import stylize_video
+from videostyle.run.api import stylize_video
 
 SIZE = (64, 48)
 
@@ -57,6 +58,7 @@ def test_shuffled_frames_score_much_higher_than_ordered_ones(tmp_path):
     assert mixed > 10 * ordered
 
 
+@pytest.mark.slow
 def test_cli_prints_table_with_losses_and_writes_plot(tmp_path, capsys):
     src = make_clip(tmp_path / "in.mp4", n_frames=4, audio=None)
     style = style_image(tmp_path / "style.png")
@@ -105,6 +107,7 @@ def test_cli_rejects_videos_with_different_frame_counts(tmp_path, capsys):
     assert err == ["videostyle: error: stylised video has 3 frames but the source has 5; expected the same count"]
 
 
+@pytest.mark.slow
 def test_warm_start_and_temporal_loss_flicker_less_than_independent_frames(tmp_path):
     src = write_frames(tmp_path / "pan.mp4", textured_pan(4))
     style = style_image(tmp_path / "style.png", seed=2)

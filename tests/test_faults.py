@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from clips import make_clip
+from common import make_clip
+from common import workdir_frames as _frames
 from PIL import Image
 
 import videostyle
@@ -77,10 +78,6 @@ def _args(root: Path, clip: Path, style: Path, name: str, *extra: str) -> list[s
             "--workdir", str(root / f"{name}.work"), "--keep-workdir", *FAST, *extra]
 
 
-def _frames(workdir: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((workdir / "frames").glob("*.png"))}
-
-
 def _journaled(workdir: Path) -> int:
     return len((workdir / "journal.jsonl").read_text().splitlines())
 
@@ -97,6 +94,7 @@ def test_the_subprocesses_run_this_checkout():
 
 # --- SIGKILL at every phase -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigkill_at_every_phase_resumes_to_byte_identical_frames(job, tmp_path):
     """Killed in a frame, with a frame's temp file complete, after the rename before its journal line,
     after a journal line and mid-encode: each rerun resumes (the dead run's lock does not block), and
@@ -125,6 +123,7 @@ def test_sigkill_at_every_phase_resumes_to_byte_identical_frames(job, tmp_path):
 
 # --- the work dir lock (item 3) -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_second_run_and_a_racing_restart_are_refused_naming_the_pid(job, tmp_path, capsys):
     root, clip, style, _ = job
     work = tmp_path / "busy.work"
@@ -232,6 +231,7 @@ def test_resume_under_another_precision_is_refused(job, tmp_path, capsys):
         f"fp32 -> bf16); use --restart to start over (the old dir is kept aside) or --workdir DIR"]
 
 
+@pytest.mark.slow
 def test_resume_under_another_thread_count_warns_in_one_line(job, tmp_path, capsys):
     root, clip, style, reference = job
     argv = _args(tmp_path, clip, style, "t")
@@ -327,6 +327,7 @@ def test_an_image_too_thin_for_the_layers_is_one_line(job, tmp_path, capsys, rol
     (["--crf", "99"], "--crf must be between 0 and 51, got 99"),
     (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N; got 'tpu'"),
 ])
+@pytest.mark.slow
 def test_a_bad_setting_is_refused_before_a_work_dir_exists(job, tmp_path, capsys, flags, message):
     root, clip, style, reference = job
     assert main(_args(tmp_path, clip, style, "v", *flags)) == 2
@@ -342,7 +343,7 @@ def test_a_run_stopped_before_its_first_frame_leaves_no_manifest(job, tmp_path, 
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(chain, "_stylise_frames", stopped)
+    monkeypatch.setattr(chain, "run_chain", stopped)
     assert main(_args(tmp_path, clip, style, "s")) == 130
     assert _err_lines(capsys)[-1] == (
         "videostyle: interrupted before any work was saved; run the same command again to start")
@@ -416,6 +417,7 @@ for case in cases:
 _CASE_TIMEOUT_S = 120
 
 
+@pytest.mark.slow
 def test_fuzzed_videos_end_in_a_warning_or_one_line_never_a_traceback(job, tmp_path):
     root, clip, style, _ = job
     corpus = _corpus(tmp_path)

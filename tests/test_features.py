@@ -61,6 +61,7 @@ def _plant_as_hub_file(monkeypatch, state_or_path, model="vgg19"):
     return cache_file
 
 
+@pytest.mark.slow
 def test_imagenet_weights_load_from_the_torch_hub_cache_path(monkeypatch):
     # The cache file is read by us (weights_only=True) after its sha256 prefix is checked; no download.
     state = _torchvision_style_state_dict()

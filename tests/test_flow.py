@@ -178,7 +178,7 @@ def test_untrained_raft_is_seeded_and_leaves_the_global_rng_alone():
     one = FlowEstimator("raft-small", weights="untrained")
     assert torch.equal(torch.rand(3), expected)
     two = FlowEstimator("raft-small", weights="untrained")
-    for p, q in zip(one._raft.parameters(), two._raft.parameters()):
+    for p, q in zip(one.model.parameters(), two.model.parameters()):
         assert torch.equal(p, q)
 
 
@@ -199,7 +199,7 @@ def test_raft_auto_without_cached_weights_or_network_says_where_to_put_them(monk
 
 def test_raft_weights_from_a_state_dict_path(tmp_path):
     path = tmp_path / "raft.pth"
-    torch.save(FlowEstimator("raft-small", weights="untrained")._raft.state_dict(), path)
+    torch.save(FlowEstimator("raft-small", weights="untrained").model.state_dict(), path)
     est = FlowEstimator("raft-small", weights=str(path))
     assert est.weights_id == str(path)
     with pytest.raises(WeightsError, match="expected a raft-large state dict"):

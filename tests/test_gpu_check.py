@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from clips import make_clip
+from common import make_clip
 from PIL import Image
 
 from videostyle.model import memory
 from videostyle.cli.main import main
 from videostyle.model.features import VGGEncoder, resolve_weights
 from videostyle.timing import PHASE_NAMES, PHASES
+
+pytestmark = pytest.mark.slow  # minutes: the CI run has it, `-m "not slow"` skips it
 
 ROOT = Path(__file__).resolve().parent.parent
 

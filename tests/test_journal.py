@@ -69,3 +69,20 @@ def test_frames_must_be_written_in_order(tmp_path):
     work = WorkDir.open(tmp_path / "w", MANIFEST)
     with pytest.raises(ValueError, match="expected 0, got 1"):
         work.write_frame(1, 0, _frame(0))
+
+
+def test_a_read_only_view_makes_the_checks_open_makes(tmp_path):
+    """WorkDir.view (the Ray driver reading a finished segment) verifies like open: a corrupt frame ends
+    the trusted prefix, a link inside is refused, and nothing is written."""
+    with WorkDir.open(tmp_path / "w", MANIFEST) as work:
+        for i in range(3):
+            work.write_frame(i, i, _frame(10 * i))
+    journal = (tmp_path / "w" / JOURNAL).read_bytes()
+    (tmp_path / "w" / "frames" / "000001.png").write_bytes(b"not the frame")
+    view = WorkDir.view(tmp_path / "w")
+    assert view.finished_count == 1
+    assert (tmp_path / "w" / JOURNAL).read_bytes() == journal  # a view writes nothing
+    (tmp_path / "w" / JOURNAL).unlink()
+    (tmp_path / "w" / JOURNAL).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(Exception, match="link"):
+        WorkDir.view(tmp_path / "w")

@@ -8,7 +8,7 @@ import torch
 
 from videostyle.model import losses
 from videostyle.model.lbfgs import LBFGS
-from videostyle.model.optimise import FrameObjective, LossWeights, compute_style_targets, stylise_frame
+from videostyle.model.optimise import FrameObjective, LossWeights, compute_style_targets, stylize_frame
 
 
 def _run(objective, start: torch.Tensor, *, ours: bool, iterations: int, history: int) -> list[torch.Tensor]:
@@ -49,6 +49,7 @@ def _tiny_style_objective():
     return objective, content
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("history", [3, 50])
 def test_same_steps_as_torch_lbfgs(history):
     objective, start = _tiny_style_objective()
@@ -70,6 +71,7 @@ def test_pairs_without_curvature_are_dropped_as_torch_does():
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_a_frame_reads_back_about_one_number_per_iteration(monkeypatch):
     """Host reads (bool/float/item/tolist of a tensor) during a 20-iteration frame: one curvature
     test per step and the loss history every 10 iterations, not one per history pair."""
@@ -88,7 +90,7 @@ def test_a_frame_reads_back_about_one_number_per_iteration(monkeypatch):
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
-    result = stylise_frame(objective, content, iterations=20, evaluate_result=False)
+    result = stylize_frame(objective, content, iterations=20, evaluate_result=False)
     monkeypatch.undo()
     assert result.iterations == 20 and len(result.history) == 20
     # 19 curvature tests + 2 history read-backs + the final losses (a handful of parts).

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from clips import make_clip
+from common import make_clip
 from PIL import Image
 
 from videostyle.model import features

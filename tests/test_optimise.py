@@ -24,19 +24,21 @@ def _setup(temporal=()):
     return enc, content, targets, weights, optimise.FrameObjective(enc, content, targets, weights, temporal)
 
 
+@pytest.mark.slow
 def test_style_loss_of_result_is_far_below_that_of_the_content_frame():
     _, content, _, _, objective = _setup()
     before = float(objective(content)[1]["style"])
-    result = optimise.stylise_frame(objective, content, iterations=30)
+    result = optimise.stylize_frame(objective, content, iterations=30)
     assert result.iterations == 30
     assert result.losses["style"] < 0.25 * before
     assert result.image.shape == content.shape
     assert result.image.min() >= 0 and result.image.max() <= 1
 
 
+@pytest.mark.slow
 def test_tol_stops_once_the_loss_flattens_not_after_the_first_tiny_lbfgs_step():
     _, content, _, _, objective = _setup()
-    result = optimise.stylise_frame(objective, content, iterations=300, tol_loss_relative=0.01)
+    result = optimise.stylize_frame(objective, content, iterations=300, tol_loss_relative=0.01)
     h = result.history
     assert optimise.TOL_WINDOW < result.iterations < 300 and len(h) == result.iterations
     assert abs(h[-1 - optimise.TOL_WINDOW] - h[-1]) < 0.01 * h[-1]  # flat over the window: why it stopped
@@ -45,16 +47,18 @@ def test_tol_stops_once_the_loss_flattens_not_after_the_first_tiny_lbfgs_step():
     assert h[-1] < 0.1 * h[0]
 
 
+@pytest.mark.slow
 def test_adam_also_lowers_the_loss():
     _, content, _, _, objective = _setup()
     before = float(objective(content)[0])
-    result = optimise.stylise_frame(objective, content, iterations=20, optimizer="adam", learning_rate=0.05)
+    result = optimise.stylize_frame(objective, content, iterations=20, optimizer="adam", learning_rate=0.05)
     assert result.losses["total"] < 0.7 * before
 
 
+@pytest.mark.slow
 def test_relative_tolerance_stops_early():
     _, content, _, _, objective = _setup()
-    result = optimise.stylise_frame(objective, content, iterations=200, tol_loss_relative=0.05)
+    result = optimise.stylize_frame(objective, content, iterations=200, tol_loss_relative=0.05)
     assert 1 < result.iterations < 200
 
 
@@ -69,13 +73,14 @@ def test_style_blend_with_weights_one_zero_equals_single_style():
         assert torch.allclose(single.grams[layer], blended.grams[layer])
 
 
+@pytest.mark.slow
 def test_temporal_term_pulls_result_towards_warped_previous():
     enc, content, targets, weights, plain = _setup()
     prev = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(7))
     term = optimise.TemporalTerm(prev, torch.ones(1, 1, 48, 64), 1e4)
     tied = optimise.FrameObjective(enc, content, targets, weights, [term])
-    free = optimise.stylise_frame(plain, content, iterations=15).image
-    held = optimise.stylise_frame(tied, content, iterations=15).image
+    free = optimise.stylize_frame(plain, content, iterations=15).image
+    held = optimise.stylize_frame(tied, content, iterations=15).image
     assert losses.temporal_loss(held, prev, torch.ones(48, 64)) < 0.5 * losses.temporal_loss(
         free, prev, torch.ones(48, 64))
 
@@ -103,6 +108,7 @@ def test_prev_warped_init_takes_content_where_the_mask_is_0():
     assert torch.equal(noise, again) and noise.std() > 0.1
 
 
+@pytest.mark.slow
 def test_range_weight_keeps_pixels_in_range_so_the_final_clamp_changes_little():
     enc, content, targets, weights, _ = _setup()
     assert float(losses.range_penalty(torch.tensor([[0.0, 0.5, 1.0]]))) == 0.0
@@ -113,7 +119,7 @@ def test_range_weight_keeps_pixels_in_range_so_the_final_clamp_changes_little():
                                   weights.style_layers, range=range_weight)
         objective = optimise.FrameObjective(enc, content, targets, lw)
         last = []
-        result = optimise.stylise_frame(objective, content, iterations=40,
+        result = optimise.stylize_frame(objective, content, iterations=40,
                                         on_image=lambda done, image: last.append(image.clone()))
         outside[range_weight] = float((last[-1] - last[-1].clamp(0, 1)).abs().mean())
         assert ("range" in result.losses) == (range_weight > 0)

@@ -13,11 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
-from clips import make_clip
+from common import make_clip
+from common import workdir_frames as _frames
+from common import decoded_rgb as _decoded
 from PIL import Image
 
 from videostyle.tools import evaluate
@@ -38,15 +39,6 @@ def _style(path: Path) -> Path:
     return path
 
 
-def _frames(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((folder / "frames").glob("*.png"))}
-
-
-def _decoded(video: Path) -> list[np.ndarray]:
-    with av.open(str(video)) as container:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-
-
 def test_pass_order_alternates_backward_and_forward():
     assert pass_order(4, 1) == [0, 1, 2, 3]
     assert pass_order(4, 2) == [3, 2, 1, 0]
@@ -60,8 +52,9 @@ def _mean_error(stylised: Path, source: Path, capsys) -> float:
     return float(capsys.readouterr().out.splitlines()[-1].split()[1])
 
 
+@pytest.mark.slow
 def test_more_passes_lower_the_temporal_error(tmp_path, capsys):
-    """The moving-square clip (tests/clips.py: square moving 4 px/frame, background brightening each frame),
+    """The moving-square clip (tests/common.py: square moving 4 px/frame, background brightening each frame),
     the same iterations per frame in every pass. Pass 1 of a 2-pass run is the 1-pass result (kept in
     WORKDIR/frames), so one run gives both."""
     clip = make_clip(tmp_path / "in.mp4", n_frames=N_FRAMES, fps=12)
@@ -85,6 +78,7 @@ def _spawn(argv: list[str], *, kill_at: str, cwd: Path):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_killed_multi_pass_run_resumes_to_the_same_frames(tmp_path, monkeypatch):
     """Three passes with colour preservation and a mask (all of what a resume must restore), killed after
     pass 2's third frame was journaled, then mid-way through pass 3's second frame."""

@@ -19,7 +19,8 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from clips import make_clip
+from common import make_clip
+from common import decoded_seconds_and_rgb as _decoded
 from PIL import Image
 
 from videostyle.cli.main import main
@@ -181,13 +182,6 @@ def _args(root: Path, clip: Path, style: Path, name: str, *extra: str, quiet: bo
             "--workdir", str(root / f"{name}.work"), "--keep-workdir", *FAST, *(["-q"] if quiet else []), *extra]
 
 
-def _decoded(path: Path) -> tuple[list[float], list[np.ndarray]]:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        frames = list(container.decode(stream))
-        return [float(f.pts * stream.time_base) for f in frames], [f.to_ndarray(format="rgb24") for f in frames]
-
-
 def _audio(path: Path) -> tuple[str, float, float]:
     with av.open(str(path)) as container:
         stream = container.streams.audio[0]
@@ -211,6 +205,7 @@ def _seam_line(out: str) -> tuple[float, float, float]:
     return tuple(float(v) for v in match.groups())
 
 
+@pytest.mark.slow
 def test_ray_run_matches_the_single_process_run_in_frames_pts_and_audio(runs, capsys):
     root, clip, style = runs
     ray = pytest.importorskip("ray")
@@ -251,6 +246,7 @@ def test_ray_run_matches_the_single_process_run_in_frames_pts_and_audio(runs, ca
     assert not np.array_equal(seg0, seg1)
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_segment_is_retried_and_resumes_from_its_journal(runs, ray_local, monkeypatch, capsys):
     """SIGKILL of the worker of segment 1 once frame 6 is optimised (frames 3-5 journaled): Ray retries the
     task in a new worker, which resumes at frame 6; the frames equal the uninterrupted Ray run's."""
@@ -277,6 +273,7 @@ def test_worker_killed_mid_segment_is_retried_and_resumes_from_its_journal(runs,
     shutil.rmtree(root / "killed.work")
 
 
+@pytest.mark.slow
 def test_ray_run_starts_a_segment_at_a_scene_cut_and_keeps_every_frame(runs, ray_local, capsys):
     """16 frames, a cut at 8: segments 0-4, 5-7 (run-in 3-4), 8-12 (at the cut: no run-in), 13-15 (run-in
     11-12). The output has the single-process run's frames and pts; the cut is no seam."""

@@ -21,11 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
-from clips import make_clip
+from common import make_clip
+from common import workdir_frames as _frames
+from common import decoded_with_pts as _decoded
 from PIL import Image
 
 from videostyle.cli.main import main
@@ -60,17 +61,8 @@ def _spawn(argv: list[str], *, kill_at: str | None = None, cwd: Path | None = No
                           capture_output=True, text=True, timeout=300)
 
 
-def _frames(workdir: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((workdir / "frames").glob("*.png"))}
-
-
 def _prefix(reference: dict[str, bytes], n: int) -> dict[str, bytes]:
     return dict(list(reference.items())[:n])
-
-
-def _decoded(video: Path) -> list[tuple[int, np.ndarray]]:
-    with av.open(str(video)) as container:
-        return [(f.pts, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
 
 
 def _assert_same_video(video: Path, reference: list[tuple[int, np.ndarray]]) -> None:
@@ -88,6 +80,7 @@ def _assert_same_video(video: Path, reference: list[tuple[int, np.ndarray]]) -> 
         assert int(np.argmin(errors)) == i and errors[i] < 4.0, (i, errors)
 
 
+@pytest.mark.slow
 def test_killed_at_every_point_resumes_to_the_same_frames_and_output(job, tmp_path, monkeypatch):
     """One work dir, SIGKILLed mid-frame (in batches of 3), right after a journal line, then mid-encoding
     (the encoder streams: it dies on the frames journaled earlier, while later frames are optimised);
@@ -161,6 +154,7 @@ def test_resume_with_other_settings_or_source_is_refused_and_restart_keeps_the_o
     assert _frames(work).keys() == reference.keys() and _frames(work) != reference  # redone, new settings
 
 
+@pytest.mark.slow
 def test_noise_init_resumes_to_the_same_frames(job):
     """The noise of frame t is seeded by (seed, t), not drawn from one stream: a resume redraws it."""
     root, clip, style, _, _ = job
@@ -172,6 +166,7 @@ def test_noise_init_resumes_to_the_same_frames(job):
     assert _frames(root / "n.work") == whole
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly_and_says_how_to_resume(job):
     root, clip, style, _, _ = job
     work = root / "s.work"
@@ -222,6 +217,7 @@ def test_finished_work_dir_only_reencodes_and_other_versions_are_warned_about(jo
     assert _frames(work) == reference
 
 
+@pytest.mark.slow
 def test_a_run_killed_just_before_a_scene_cut_resumes_to_the_same_frames(tmp_path):
     """The resume starts at the cut (frame 3): it decodes the frames before it again and finds the same
     cut, so frame 3 starts afresh as in the uninterrupted run, not from the other shot."""
@@ -237,6 +233,7 @@ def test_a_run_killed_just_before_a_scene_cut_resumes_to_the_same_frames(tmp_pat
     assert _frames(tmp_path / "cut.work") == _frames(tmp_path / "whole.work")
 
 
+@pytest.mark.slow
 def test_a_tiled_run_killed_resumes_to_the_same_frames(job, tmp_path):
     """--tile 16 (several tiles at this size): a run killed after frame 2 was journaled resumes to the
     frames of an uninterrupted tiled run, byte for byte."""

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-from clips import make_clip
+import pytest
+from common import make_clip
 from PIL import Image
 
 from videostyle.cli.main import main
 from videostyle.tools.sheet import label_band_height
 
 
+@pytest.mark.slow
 def test_sheet_grid_has_a_labelled_cell_per_style_and_weight_setting(tmp_path, capsys):
     clip = make_clip(tmp_path / "in.mp4", n_frames=6, fps=12)
     styles = []

@@ -15,7 +15,7 @@ from videostyle.config import QUALITY_PRESETS, StyleConfig
 from videostyle.errors import OutputError
 from videostyle.store.frame_writer import FrameWriter
 from videostyle.store.workdir import WorkDir
-from videostyle.run.chain import Stylizer
+from videostyle.step import Stylizer
 
 STYLE_LAYERS = {"relu1_1": 0.5, "relu2_1": 0.5}
 
@@ -69,8 +69,8 @@ def _stylizer(octaves: int, size=(160, 160)) -> tuple[Stylizer, torch.Tensor]:
 def test_octaves_run_coarse_levels_first_and_reach_a_lower_loss_for_the_same_full_size_steps():
     one, content = _stylizer(1)
     two, _ = _stylizer(2)
-    flat = one.stylise(content, content, iterations=6)
-    c2f = two.stylise(content, content, iterations=6)
+    flat = one.stylize(content, content, iterations=6)
+    c2f = two.stylize(content, content, iterations=6)
     assert len(flat.history) == 6 and len(c2f.history) == 12  # 6 at 80x80, then 6 at 160x160
     assert c2f.image.shape == content.shape
     assert c2f.losses["total"] < flat.losses["total"]
@@ -78,28 +78,28 @@ def test_octaves_run_coarse_levels_first_and_reach_a_lower_loss_for_the_same_ful
 
 def test_a_warm_started_frame_is_optimised_at_full_size_only():
     two, content = _stylizer(2)
-    warm = two.stylise(content, content, iterations=6, warm_started=True)
+    warm = two.stylize(content, content, iterations=6, warm_started=True)
     assert len(warm.history) == 6 and warm.image.shape == content.shape
 
 
 @pytest.mark.parametrize("init, expected", [("prev-warped-inside", [False, True, True, True]),
                                             ("content", [False] * 4)])
 def test_video_frames_get_octaves_only_when_optimised_from_scratch(tmp_path, monkeypatch, init, expected):
-    from clips import make_clip
+    from common import make_clip
     from PIL import Image
 
-    from videostyle.run import chain
+    from videostyle import step
     from videostyle.cli.main import main
 
     clip = make_clip(tmp_path / "in.mp4", n_frames=4, audio=None)
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "s.png")
-    real, calls = chain.Stylizer.stylise, []
+    real, calls = step.Stylizer.stylize, []
 
     def stylise(self, *args, warm_started=False, **kwargs):
         calls.append(warm_started)
         return real(self, *args, warm_started=warm_started, **kwargs)
 
-    monkeypatch.setattr(chain.Stylizer, "stylise", stylise)
+    monkeypatch.setattr(step.Stylizer, "stylize", stylise)
     assert main(["stylize", str(clip), "--style", str(tmp_path / "s.png"), "-o", str(tmp_path / "o.mp4"),
                  "--weights", "untrained", "--size", "32", "--iters", "2,1", "--octaves", "2", "--init", init,
                  "--content-layers", "relu2_1", "--style-layers", "relu1_1", "-q"]) == 0
@@ -121,10 +121,10 @@ def test_video_loop_skips_the_final_evaluation_and_reports_the_last_iteration():
             return super().__call__(image)
 
     objective = counted = Counted(stylizer.encoder, content, stylizer.targets, stylizer.loss_weights)
-    result = optimise.stylise_frame(counted, content, iterations=4, evaluate_result=False)
+    result = optimise.stylize_frame(counted, content, iterations=4, evaluate_result=False)
     assert len(calls) == 4 and result.losses["total"] == result.history[-1]
     calls.clear()
-    result = optimise.stylise_frame(counted, content, iterations=4)
+    result = optimise.stylize_frame(counted, content, iterations=4)
     assert len(calls) == 5  # the returned, clamped image is evaluated once more
     assert result.losses["total"] == pytest.approx(float(objective(result.image)[0]))
 
@@ -189,22 +189,22 @@ def test_frame_writer_error_reaches_the_optimiser_and_later_frames_are_not_writt
 def test_a_scene_cut_starts_the_chain_afresh(tmp_path, monkeypatch, cut_at, fresh):
     """At a hard cut the other shot must not be the warm start (its ghost would stay): the frame starts
     from its own content with the first frame's iterations and octaves, and no temporal term."""
-    from clips import make_clip
+    from common import make_clip
     from PIL import Image
 
-    from videostyle.run import chain
+    from videostyle import step
     from videostyle.cli.main import main
 
     clip = make_clip(tmp_path / "in.mp4", size=(96, 64), n_frames=6, cut_at=cut_at, audio=None)
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "s.png")
-    real, calls = chain.Stylizer.stylise, []
+    real, calls = step.Stylizer.stylize, []
 
     def stylise(self, target, init, *, iterations, temporal=(), warm_started=False, **kwargs):
         calls.append((iterations, warm_started, len(temporal), torch.equal(init, target)))
         return real(self, target, init, iterations=iterations, temporal=temporal, warm_started=warm_started,
                     **kwargs)
 
-    monkeypatch.setattr(chain.Stylizer, "stylise", stylise)
+    monkeypatch.setattr(step.Stylizer, "stylize", stylise)
     assert main(["stylize", str(clip), "--style", str(tmp_path / "s.png"), "-o", str(tmp_path / "o.mp4"),
                  "--weights", "untrained", "--size", "48", "--iters", "3,1", "--octaves", "2",
                  "--content-layers", "relu2_1", "--style-layers", "relu1_1", "-q"]) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
-from clips import identify_frame, make_clip
+from common import identify_frame, make_clip
 from PIL import Image
 
 from videostyle.cli.main import main
@@ -44,6 +44,7 @@ def _stream_seconds(path, kind):
         return float(stream.duration * stream.time_base)
 
 
+@pytest.mark.slow
 def test_stylized_clip_keeps_frame_count_timestamps_size_and_audio(tmp_path, style_png):
     src = make_clip(tmp_path / "in.mp4", n_frames=8, fps=24)
     out = tmp_path / "out.mp4"
@@ -60,6 +61,7 @@ def test_stylized_clip_keeps_frame_count_timestamps_size_and_audio(tmp_path, sty
     assert not (tmp_path / "out.mp4.videostyle-work").exists()  # removed after a successful encode
 
 
+@pytest.mark.slow
 def test_output_is_stylised_not_a_copy(tmp_path, style_png):
     src = make_clip(tmp_path / "in.mp4", n_frames=2, fps=24, audio=None)
     out = tmp_path / "out.mp4"
@@ -68,6 +70,7 @@ def test_output_is_stylised_not_a_copy(tmp_path, style_png):
     assert np.abs(before.astype(int) - after.astype(int)).mean() > 10
 
 
+@pytest.mark.slow
 def test_variable_frame_rate_timestamps_survive(tmp_path, style_png):
     src = make_clip(tmp_path / "vfr.mp4", n_frames=8, vfr=True)
     out = tmp_path / "out.mp4"
@@ -92,6 +95,7 @@ def test_rotated_phone_clip_comes_out_upright(tmp_path, style_png):
     assert abs((bottom[..., 0] - bottom[..., 1]).mean()) < 30
 
 
+@pytest.mark.slow
 def test_frame_order_is_kept(tmp_path, style_png):
     src = make_clip(tmp_path / "in.mp4", n_frames=6, audio=None)
     out = tmp_path / "out.mp4"
@@ -99,6 +103,7 @@ def test_frame_order_is_kept(tmp_path, style_png):
     assert [identify_frame(rgb, 6) for _, rgb in _video_frames(out)] == list(range(6))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["odd_size", "no_audio", "pcm_in_mov"])
 def test_awkward_inputs_encode(tmp_path, style_png, kind):
     if kind == "odd_size":
@@ -118,6 +123,7 @@ def test_awkward_inputs_encode(tmp_path, style_png, kind):
         assert abs(_stream_seconds(out, "audio") - _stream_seconds(src, "audio")) < 0.05
 
 
+@pytest.mark.slow
 def test_image_command_writes_png_of_requested_size(tmp_path, style_png):
     photo = tmp_path / "photo.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(photo)

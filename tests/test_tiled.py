@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from videostyle.model.features import VGGEncoder, resolve_weights
-from videostyle.model.optimise import FrameObjective, LossWeights, TemporalTerm, compute_style_targets, stylise_frame
+from videostyle.model.optimise import FrameObjective, LossWeights, TemporalTerm, compute_style_targets, stylize_frame
 from videostyle.model import memory
 from videostyle.model.memory import choose_tile
 from videostyle.model.tiled import ALIGN, TiledObjective, plan_tiles, receptive_radius
@@ -52,6 +52,7 @@ def test_tiles_partition_the_frame():
     assert bool((covered == 1).all())
 
 
+@pytest.mark.slow
 def test_full_halo_gives_the_untiled_value_and_gradient(setup):
     encoder, content, targets, weights, temporal, image = setup
     total, parts, grad = _value_and_grad(FrameObjective(encoder, content, targets, weights, temporal), image)
@@ -66,10 +67,11 @@ def test_full_halo_gives_the_untiled_value_and_gradient(setup):
     assert float(loss_only) == pytest.approx(float(total), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_tiled_frame_matches_the_untiled_one(setup):
     encoder, content, targets, weights, temporal, _ = setup
-    plain = stylise_frame(FrameObjective(encoder, content, targets, weights, temporal), content, iterations=8)
-    tiled = stylise_frame(TiledObjective(encoder, content, targets, weights, temporal, tile=80, halo=96),
+    plain = stylize_frame(FrameObjective(encoder, content, targets, weights, temporal), content, iterations=8)
+    tiled = stylize_frame(TiledObjective(encoder, content, targets, weights, temporal, tile=80, halo=96),
                           content, iterations=8)
     # The gradients agree to float rounding; L-BFGS without a line search amplifies that a little.
     diff = (tiled.image - plain.image).abs()
@@ -77,13 +79,14 @@ def test_a_tiled_frame_matches_the_untiled_one(setup):
     assert tiled.losses["total"] == pytest.approx(plain.losses["total"], rel=1e-2)
 
 
+@pytest.mark.slow
 def test_a_forced_tile_gives_the_untiled_picture(tmp_path):
     """`image --tile`: the same picture as untiled, to 8-bit rounding after a few iterations."""
     import numpy as np
     from PIL import Image
 
     from videostyle.config import RunOptions, StyleConfig
-    from videostyle.run.chain import stylize_image
+    from videostyle.run.api import stylize_image
 
     g = np.random.default_rng(0)
     photo, style = tmp_path / "photo.png", tmp_path / "style.png"

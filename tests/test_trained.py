@@ -18,9 +18,9 @@ from videostyle.model import features, trained
 from videostyle.config import StyleConfig
 from videostyle.model.metrics import quality_distances
 from videostyle.model.optimise import compute_style_targets
-from videostyle.run.chain import Stylizer
+from videostyle.step import Stylizer
 
-pytestmark = pytest.mark.trained
+pytestmark = [pytest.mark.trained, pytest.mark.slow]
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
@@ -70,7 +70,7 @@ def stylised(tmp_path_factory):
     def on_image(done, image):
         seen.append((bool(torch.isfinite(image).all()), float(image.min()), float(image.max())))
 
-    result = stylizer.stylise(photo, photo.clone(), iterations=cfg.iters_first, on_image=on_image)
+    result = stylizer.stylize(photo, photo.clone(), iterations=cfg.iters_first, on_image=on_image)
     return photo, style, result, stylizer, seen
 
 
@@ -103,7 +103,7 @@ def test_known_motion_flickers_a_tenth_of_independent_frames(tmp_path):
     from videostyle import images
     from videostyle.config import RunOptions
     from videostyle.tools.evaluate import evaluate_frames, read_frames
-    from videostyle.run.chain import stylize_video
+    from videostyle.run.api import stylize_video
 
     w, h, n, shift = 64, 48, 5, 2
     big = images.to_uint8(trained.synthetic_photo((h, w + 16 * n), seed=7))

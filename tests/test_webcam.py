@@ -12,13 +12,13 @@ import threading
 import av
 import numpy as np
 import pytest
-from clips import decoded_audio_span, decoded_times, gap_times, make_audio_only, make_recording
+from common import decoded_audio_span, decoded_times, gap_times, make_audio_only, make_recording
 from PIL import Image
 
 from videostyle.cli.main import main
 from videostyle.config import RunOptions, StyleConfig
 from videostyle.errors import InputError
-from videostyle.run.chain import stylize_video
+from videostyle.run.api import stylize_video
 from videostyle.media import capture as webcam
 from videostyle.media.capture import CaptureSource, record
 

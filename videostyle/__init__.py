@@ -6,14 +6,14 @@ from videostyle.config import RunOptions, StyleConfig  # noqa: E402
 
 
 def stylize_video(*args, **kwargs):
-    """See :func:`videostyle.run.chain.stylize_video`."""
-    from videostyle.run.chain import stylize_video as run
+    """See :func:`videostyle.run.api.stylize_video`."""
+    from videostyle.run.api import stylize_video as run
     return run(*args, **kwargs)
 
 
 def stylize_image(*args, **kwargs):
-    """See :func:`videostyle.run.chain.stylize_image`."""
-    from videostyle.run.chain import stylize_image as run
+    """See :func:`videostyle.run.api.stylize_image`."""
+    from videostyle.run.api import stylize_image as run
     return run(*args, **kwargs)
 
 

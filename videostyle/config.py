@@ -1,8 +1,12 @@
-"""Run configuration: frozen dataclasses built once by the CLI (or the Python API).
+"""Settings, in one place: the frozen dataclasses built once by the CLI (or the Python API), and one
+table entry per field (:data:`SETTINGS`: its flag and help; the default is the dataclass field's) that the
+CLI's parser and ``videostyle preview``'s "the stylize command" both read.
 
-``StyleConfig`` holds everything that changes the stylised frames; its :meth:`StyleConfig.stable_hash`
-is what a resumed run must match. Settings that do not change the frames (device, encoder quality,
-verbosity, work dir) live in :class:`RunOptions` and may differ between a run and its resume.
+``StyleConfig`` holds what the optimiser does to every frame; its :meth:`StyleConfig.stable_hash` is what
+a resumed run must match. :class:`RunOptions` holds how a run is carried out; a resume need not match
+them, with one exception the manifest records on its own: ``precision`` (bf16/fp16 change the pixels).
+``tile``/``max_memory`` change frames only to float rounding, and a resume keeps the tile it started with;
+the ``--ray`` segment sizes name the segment work dirs, so other sizes never reuse a segment.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+
+from videostyle.vgg_layers import MODELS, check_layers  # torch-free: a command line is checked without torch
 
 DEFAULT_CONTENT_LAYERS = (("relu4_2", 1.0),)
 DEFAULT_STYLE_LAYERS = (("relu1_1", 1.0), ("relu2_1", 1.0), ("relu3_1", 1.0),
@@ -33,7 +39,6 @@ OPTIMIZERS = ("lbfgs", "adam")
 POOLINGS = ("avg", "max")
 PRECISIONS = ("fp32", "bf16", "fp16")
 FLOWS = ("dis", "farneback", "raft-small", "raft-large")  # flow.FLOW_METHODS, checked before any work
-MODELS = ("vgg19", "vgg16")  # as features.MODELS
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,6 @@ class StyleConfig:
         if not 1 <= self.octaves <= 5:
             raise ValueError(f"--octaves must be between 1 and 5, got {self.octaves}")
         _check_choice("model", self.model, MODELS)
-        from videostyle.model.features import check_layers  # torch only once a config is built
         check_layers([name for name, _ in (*self.content_layers, *self.style_layers)], self.model)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("pooling", self.pooling, POOLINGS)
@@ -213,3 +217,122 @@ class RunOptions:
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"--{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+# --- the table: field -> flag and help ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Setting:
+    """The command-line face of one field: its ``flag`` and ``help`` (``{default}`` in the help is the
+    dataclass field's default). The parser's types and the checks stay with the CLI and the dataclass."""
+
+    flag: str
+    help: str = ""
+    metavar: str | None = None
+
+
+def default(cls, name: str):
+    """The default of field ``name`` of dataclass ``cls`` (:class:`StyleConfig` or :class:`RunOptions`)."""
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    return field.default_factory()  # type: ignore[misc]
+
+
+def shown_default(value) -> str:
+    """A default as the help text shows it (``2`` for 2.0)."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(shown_default(v) for v in value)
+    return str(value)
+
+
+SETTINGS: dict[type, dict[str, Setting]] = {
+    StyleConfig: {
+        "style_weights": Setting("--style-weights", "blend weights, e.g. 0.7,0.3"),
+        "style_scale": Setting("--style-scale", "style image size relative to --size"),
+        "content_weight": Setting("--content-weight"),
+        "style_weight": Setting("--style-weight", "default {default} (docs/BENCHMARKS.md)"),
+        "tv_weight": Setting("--tv-weight", "default {default}"),
+        "range_weight": Setting("--range-weight", "penalty on pixels outside [0, 1] while optimising, so the "
+                                "final clamp changes almost nothing (default {default}; 0: clamp only at the end)"),
+        "content_layers": Setting("--content-layers", "e.g. relu4_2"),
+        "style_layers": Setting("--style-layers", "e.g. relu1_1:1,relu2_1:1,relu3_1:1,relu4_1:1,relu5_1:1"),
+        "pooling": Setting("--pooling"),
+        "optimizer": Setting("--optimizer"),
+        "learning_rate": Setting("--lr", "Adam learning rate (pixels in [0,1])"),
+        "init_first": Setting("--init-first", "init of the first frame"),
+        "tol_loss_relative": Setting("--tol", "stop a frame early once its loss fell by less than this fraction "
+                                     "over the last 10 iterations, --iters being the most (0: off; e.g. 0.01)"),
+        "lbfgs_history": Setting("--lbfgs-history", "L-BFGS correction pairs kept (default {default}); each costs "
+                                 "2 x 3 x H x W floats: fewer for large frames in little memory", metavar="N"),
+        "weights": Setting("--weights", "auto (ImageNet from the torch hub cache or a download, else untrained "
+                           "with a warning) | imagenet | untrained | hed (VGG-16 (HED fine-tune of ImageNet "
+                           "VGG-16), made offline by scripts/trained_weights.py; needs --model vgg16) | PATH to "
+                           "a state dict (default {default})"),
+        "model": Setting("--model", "network whose features the losses use: vgg19 (default) or vgg16"),
+        "seed": Setting("--seed"),
+        "preserve_colors": Setting("--preserve-colors", "luminance-only transfer: keep the content's colours "
+                                   "(Gatys et al. 2016)"),
+        "mask": Setting("--mask", "stylise only where this greyscale image or video (frame t for frame t) is "
+                        "white; keep the rest of the frame"),
+        "mask_feather": Setting("--mask-feather", "soft mask edges: Gaussian sigma in working-size px "
+                                "(default {default}; 0: hard edges)"),
+        "passes": Setting("--passes", "multi-pass: passes after the first alternate backward/forward, blending "
+                          "each frame with its warped neighbour, for less flicker (default {default})"),
+        "pass_blend": Setting("--pass-blend", "weight of the warped neighbour in a later pass's init "
+                              "(default {default})"),
+        "pass_iters": Setting("--pass-iters", "iterations per frame in passes after the first (default: the "
+                              "later-frame --iters)"),
+        "init": Setting("--init", "init of later frames: the previous output warped by the flow, with the "
+                        "content frame where the flow leaves the picture (prev-warped-inside, default) or "
+                        "wherever the flow is unreliable (prev-warped)"),
+        "temporal_weight": Setting("--temporal-weight", "weight of the temporal consistency loss; 0 turns it "
+                                   "off (default {default}, measured in docs/TEMPORAL.md)"),
+        "flow": Setting("--flow", "|".join(FLOWS)),
+        "flow_offsets": Setting("--flow-indices", "temporal terms to frames t-k, e.g. 1,2,4 (Ruder's long-term "
+                                "loss)"),
+        "size": Setting("--size"),
+        "octaves": Setting("--octaves"),
+    },
+    RunOptions: {
+        "device": Setting("--device", "auto|cpu|cuda|cuda:N"),
+        "precision": Setting("--precision", "VGG's convolutions in fp32 (default), bf16 or fp16 (autocast, for "
+                             "GPUs with tensor cores; the image and the losses stay fp32)"),
+        "max_memory": Setting("--max-memory", "memory for one frame's optimisation, e.g. 4GB: larger frames run "
+                              "VGG on tiles, with the same result to float rounding (default: the device's, "
+                              "less a margin)", metavar="SIZE"),
+        "tile": Setting("--tile", "run VGG on tiles of at most PX px a side (default: only when --max-memory "
+                        "needs it)", metavar="PX"),
+        "crf": Setting("--crf", "H.264 quality, lower is better (default {default})"),
+        "preset": Setting("--preset", "x264 preset (default {default})"),
+        "output_size": Setting("--output-size", "encode at the source's size (default) or at the working size"),
+        "workdir": Setting("--workdir", "work dir for resumable frames (default: OUTPUT.videostyle-work)"),
+        "restart": Setting("--restart", "start over; the old work dir is kept aside"),
+        "keep_workdir": Setting("--keep-workdir", "keep the stylised frames after encoding"),
+        "batch_size": Setting("--batch-size", "frames journaled together (default {default}); a finished batch "
+                              "is never redone"),
+        "save_every": Setting("--save-every", "write the first frame every N iterations beside the output as "
+                              "OUTPUT_STEM.iter_NNNN.png, for tuning (default {default}: off)", metavar="N"),
+        "ray": Setting("--ray", "stylise segments of the video as Ray tasks; without ADDRESS on a Ray instance "
+                       "started here (or RAY_ADDRESS), else on the cluster at ADDRESS (e.g. auto)",
+                       metavar="ADDRESS"),
+        "segment_frames": Setting("--segment-frames", "frames per segment (default {default})"),
+        "segment_overlap": Setting("--segment-overlap", "run-in frames cross-faded with the previous segment "
+                                   "(default {default})"),
+        "ray_cpus": Setting("--ray-cpus", "CPUs per segment task on CPU workers (default {default})"),
+        "scene_cuts": Setting("--scene-cuts", "also start a segment at each scene cut, with no run-in (default "
+                              "on; the video is scanned once at 128 px before the tasks start)"),
+    },
+}
+
+
+def flag(cls, name: str) -> str:
+    """The flag of field ``name`` of ``cls``."""
+    return SETTINGS[cls][name].flag
+
+
+def help_text(cls, name: str) -> str:
+    """The help of field ``name`` of ``cls``, its default filled in."""
+    return SETTINGS[cls][name].help.format(default=shown_default(default(cls, name)))

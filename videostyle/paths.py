@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable
 
-from videostyle.errors import OutputError
+from videostyle.errors import InputError, OutputError
 
 # Weights names that are not files (features.resolve_weights).
 _NAMED_WEIGHTS = ("auto", "imagenet", "untrained")
@@ -75,3 +75,14 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, tmp: str | os.PathLike
         except OSError:
             pass
         raise
+
+
+def check_video_path(path: str | os.PathLike) -> Path:
+    """``InputError`` (one line) when ``path`` is missing or a directory: what can be said of a video input
+    without opening it (so the command line answers before anything heavy is imported)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"video file not found: {str(path)!r}")
+    if path.is_dir():
+        raise InputError(f"expected a video file, got a directory: {str(path)!r}")
+    return path

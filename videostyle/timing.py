@@ -12,7 +12,7 @@ Phases (seconds of work, never of waiting on a queue):
     ``encode``    resizing to the output size and H.264/audio muxing (the encoder thread).
 
 One process-wide table (:data:`PHASES`): the threads are created far apart, and a timer costs two
-``perf_counter`` calls per frame and phase. :func:`videostyle.run.chain.stylize_video` resets it at the
+``perf_counter`` calls per frame and phase. :func:`videostyle.run.api.stylize_video` resets it at the
 start of a run and logs it at the end (``-v``); ``scripts/gpu_check.py`` reads it.
 """
 

@@ -16,19 +16,27 @@ from dataclasses import replace
 from pathlib import Path
 
 from videostyle import __version__
-from videostyle.config import (INITS, INITS_FIRST, MODELS, OPTIMIZERS, POOLINGS, PRECISIONS, QUALITIES, QUALITY_PRESETS,
-                     RunOptions, StyleConfig)
+from videostyle.config import (INITS, INITS_FIRST, MODELS, OPTIMIZERS, POOLINGS, PRECISIONS, QUALITIES,
+                               QUALITY_PRESETS, SETTINGS, RunOptions, StyleConfig, help_text)
+from videostyle.config import default as config_default
 from videostyle.errors import VideoStyleError
-from videostyle.paths import check_not_an_input
+from videostyle.paths import check_not_an_input, check_video_path
 
 PROG = "videostyle"
 _D = StyleConfig  # its field defaults are the CLI's (chosen in docs/BENCHMARKS.md, docs/TEMPORAL.md)
-_WEIGHTS_HELP = ("auto (ImageNet from the torch hub cache or a download, else untrained with a warning) | "
-                 "imagenet | untrained | hed (VGG-16 (HED fine-tune of ImageNet VGG-16), made offline by "
-                 "scripts/trained_weights.py; needs --model vgg16) | PATH to a state dict (default auto)")
-_MODEL_HELP = "network whose features the losses use: vgg19 (default) or vgg16"
-_SAVE_EVERY_HELP = ("write the first frame every N iterations beside the output as OUTPUT_STEM.iter_NNNN.png, "
-                    "for tuning (default 0: off)")
+S, R = StyleConfig, RunOptions  # the settings table's two halves (config.SETTINGS)
+
+
+def _opt(group, cls, name: str, *, flag: str | None = None, **kwargs):
+    """The option of field ``name`` of ``cls`` as the settings table (:data:`videostyle.config.SETTINGS`)
+    has it: its flag and help, and the dataclass's default unless ``kwargs`` say otherwise."""
+    setting = SETTINGS[cls][name]
+    kwargs.setdefault("default", config_default(cls, name))
+    if setting.help:
+        kwargs.setdefault("help", help_text(cls, name))
+    if setting.metavar:
+        kwargs.setdefault("metavar", setting.metavar)
+    return group.add_argument(flag or setting.flag, **kwargs)
 
 
 def _int_pair(text: str) -> tuple[int, int]:
@@ -102,7 +110,7 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
     ``weight_lists``: --content-weight/--style-weight take comma-separated lists (``sheet``)."""
     g = p.add_argument_group("style")
     g.add_argument("--style", required=style_required, help="style image(s), comma-separated")
-    g.add_argument("--style-weights", type=_float_list, default=(), help="blend weights, e.g. 0.7,0.3")
+    _opt(g, S, "style_weights", type=_float_list)
     g.add_argument("--quality", choices=QUALITIES, default=quality_default,
                    help="preset of size, iterations and octaves: "
                         + "; ".join(f"{name}: {_describe_preset(name)}" for name in QUALITIES)
@@ -110,7 +118,7 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
     g.add_argument(size_flag, dest="size", type=int, default=size_default,
                    help="long edge of the working resolution, px (default: "
                         + (f"{size_default})" if size_default else "from --quality)"))
-    g.add_argument("--style-scale", type=float, default=1.0, help="style image size relative to --size")
+    _opt(g, S, "style_scale", type=float)
     g.add_argument("--iters", type=_int_pair, default=None,
                    help="optimiser iterations: N, or FIRST,LATER for the first and later frames "
                         "(default: from --quality)")
@@ -123,65 +131,39 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
         g.add_argument("--style-weight", type=_float_list, default=(_D.style_weight,),
                        help=f"one value or a list, one sheet column each, e.g. 0.5,1,2 (default {_D.style_weight:g})")
     else:
-        g.add_argument("--content-weight", type=float, default=1.0)
-        g.add_argument("--style-weight", type=float, default=_D.style_weight,
-                       help=f"default {_D.style_weight:g} (docs/BENCHMARKS.md)")
-    g.add_argument("--tv-weight", type=float, default=_D.tv_weight, help=f"default {_D.tv_weight:g}")
-    g.add_argument("--range-weight", type=float, default=100.0,
-                   help="penalty on pixels outside [0, 1] while optimising, so the final clamp changes "
-                        "almost nothing (default 100; 0: clamp only at the end)")
-    g.add_argument("--content-layers", type=_layer_weights, default=None, help="e.g. relu4_2")
-    g.add_argument("--style-layers", type=_layer_weights, default=None,
-                   help="e.g. relu1_1:1,relu2_1:1,relu3_1:1,relu4_1:1,relu5_1:1")
-    g.add_argument("--pooling", choices=POOLINGS, default="avg")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default="lbfgs")
-    g.add_argument("--lr", type=float, default=0.02, help="Adam learning rate (pixels in [0,1])")
-    g.add_argument("--init-first", choices=INITS_FIRST, default="content", help="init of the first frame")
-    g.add_argument("--tol", type=float, default=_D.tol_loss_relative,
-                   help="stop a frame early once its loss fell by less than this fraction over the last 10 "
-                        "iterations, --iters being the most (0: off; e.g. 0.01)")
-    g.add_argument("--lbfgs-history", type=_positive_int, default=_D.lbfgs_history, metavar="N",
-                   help=f"L-BFGS correction pairs kept (default {_D.lbfgs_history}); each costs 2 x 3 x H x W "
-                        f"floats: fewer for large frames in little memory")
-    g.add_argument("--weights", default="auto", help=_WEIGHTS_HELP)
-    g.add_argument("--model", choices=MODELS, default="vgg19", help=_MODEL_HELP)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument(device_flag, dest="device", default="auto", help="auto|cpu|cuda|cuda:N")
-    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="VGG's convolutions in fp32 (default), bf16 or fp16 (autocast, for GPUs with tensor "
-                        "cores; the image and the losses stay fp32)")
-    g.add_argument("--max-memory", type=_memory_size, default=None, metavar="SIZE",
-                   help="memory for one frame's optimisation, e.g. 4GB: larger frames run VGG on tiles, with "
-                        "the same result to float rounding (default: the device's, less a margin)")
-    g.add_argument("--tile", type=_positive_int, default=None, metavar="PX",
-                   help="run VGG on tiles of at most PX px a side (default: only when --max-memory needs it)")
+        _opt(g, S, "content_weight", type=float)
+        _opt(g, S, "style_weight", type=float)
+    _opt(g, S, "tv_weight", type=float)
+    _opt(g, S, "range_weight", type=float)
+    _opt(g, S, "content_layers", type=_layer_weights, default=None)
+    _opt(g, S, "style_layers", type=_layer_weights, default=None)
+    _opt(g, S, "pooling", choices=POOLINGS)
+    _opt(g, S, "optimizer", choices=OPTIMIZERS)
+    _opt(g, S, "learning_rate", type=float)
+    _opt(g, S, "init_first", choices=INITS_FIRST)
+    _opt(g, S, "tol_loss_relative", type=float)
+    _opt(g, S, "lbfgs_history", type=_positive_int)
+    _opt(g, S, "weights")
+    _opt(g, S, "model", choices=MODELS)
+    _opt(g, S, "seed", type=int)
+    _opt(g, R, "device", flag=device_flag, dest="device")
+    _opt(g, R, "precision", choices=PRECISIONS)
+    _opt(g, R, "max_memory", type=_memory_size)
+    _opt(g, R, "tile", type=_positive_int)
     a = p.add_argument_group("artistic controls")
-    a.add_argument("--preserve-colors", action="store_true",
-                   help="luminance-only transfer: keep the content's colours (Gatys et al. 2016)")
-    a.add_argument("--mask", help="stylise only where this greyscale image or video (frame t for frame t) "
-                                  "is white; keep the rest of the frame")
-    a.add_argument("--mask-feather", type=float, default=3.0,
-                   help="soft mask edges: Gaussian sigma in working-size px (default 3; 0: hard edges)")
+    _opt(a, S, "preserve_colors", action="store_true")
+    _opt(a, S, "mask")
+    _opt(a, S, "mask_feather", type=float)
     if video:
-        a.add_argument("--passes", type=int, default=1,
-                       help="multi-pass: passes after the first alternate backward/forward, blending each "
-                            "frame with its warped neighbour, for less flicker (default 1)")
-        a.add_argument("--pass-blend", type=float, default=1.0,
-                       help="weight of the warped neighbour in a later pass's init (default 1)")
-        a.add_argument("--pass-iters", type=int, default=None,
-                       help="iterations per frame in passes after the first (default: the later-frame --iters)")
+        _opt(a, S, "passes", type=int)
+        _opt(a, S, "pass_blend", type=float)
+        _opt(a, S, "pass_iters", type=int)
     if video:
         t = p.add_argument_group("temporal coherence")
-        t.add_argument("--init", choices=INITS, default="prev-warped-inside",
-                       help="init of later frames: the previous output warped by the flow, with the content "
-                            "frame where the flow leaves the picture (prev-warped-inside, default) or "
-                            "wherever the flow is unreliable (prev-warped)")
-        t.add_argument("--temporal-weight", type=float, default=_D.temporal_weight,
-                       help="weight of the temporal consistency loss; 0 turns it off "
-                            f"(default {_D.temporal_weight:g}, measured in docs/TEMPORAL.md)")
-        t.add_argument("--flow", default="dis", help="dis|farneback|raft-small|raft-large")
-        t.add_argument("--flow-indices", type=_int_list, default=(1,),
-                       help="temporal terms to frames t-k, e.g. 1,2,4 (Ruder's long-term loss)")
+        _opt(t, S, "init", choices=INITS)
+        _opt(t, S, "temporal_weight", type=float)
+        _opt(t, S, "flow")
+        _opt(t, S, "flow_offsets", type=_int_list)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,16 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", help="output video (.mp4, .mov, .mkv); default INPUT_STYLE.mp4")
     _add_style_options(s, video=True)
     e = s.add_argument_group("output")
-    e.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)")
-    e.add_argument("--preset", default="medium", help="x264 preset (default medium)")
-    e.add_argument("--output-size", choices=("source", "working"), default="source",
-                   help="encode at the source's size (default) or at the working size")
-    e.add_argument("--workdir", help="work dir for resumable frames (default: OUTPUT.videostyle-work)")
-    e.add_argument("--restart", action="store_true", help="start over; the old work dir is kept aside")
-    e.add_argument("--keep-workdir", action="store_true", help="keep the stylised frames after encoding")
-    e.add_argument("--batch-size", type=int, default=1,
-                   help="frames journaled together (default 1); a finished batch is never redone")
-    e.add_argument("--save-every", type=_non_negative_int, default=0, metavar="N", help=_SAVE_EVERY_HELP)
+    _opt(e, R, "crf", type=int)
+    _opt(e, R, "preset")
+    _opt(e, R, "output_size", choices=("source", "working"))
+    _opt(e, R, "workdir")
+    _opt(e, R, "restart", action="store_true")
+    _opt(e, R, "keep_workdir", action="store_true")
+    _opt(e, R, "batch_size", type=int)
+    _opt(e, R, "save_every", type=_non_negative_int)
     _add_ray_options(s)
 
     r = sub.add_parser("resume", parents=[common], help="resume an interrupted run from its work dir")
@@ -219,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("input", help="image file")
     i.add_argument("-o", "--output", help="output image (.png/.jpg); default INPUT_STYLE.png")
     _add_style_options(i, video=False)
-    i.add_argument("--save-every", type=_non_negative_int, default=0, metavar="N", help=_SAVE_EVERY_HELP)
+    _opt(i, R, "save_every", type=_non_negative_int)
 
     pv = sub.add_parser("preview", parents=[common], help="stylise one frame of a video quickly, to tune settings",
                         description="Stylise the frame nearest --at alone (first-frame settings), print the "
@@ -243,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("stylised", help="stylised video, or a directory of PNG frames (e.g. a --keep-workdir work dir)")
     v.add_argument("--source", required=True, help="the video it was made from")
     v.add_argument("--style", help="style image(s), comma-separated: also report content/style loss per frame")
-    v.add_argument("--weights", default="auto", help="weights for the losses: " + _WEIGHTS_HELP)
-    v.add_argument("--model", choices=MODELS, default="vgg19", help=_MODEL_HELP)
+    _opt(v, S, "weights", help="weights for the losses: " + help_text(S, "weights"))
+    _opt(v, S, "model", choices=MODELS)
     v.add_argument("--device", default="auto")
     v.add_argument("--plot", help="write a PNG plot of the error per frame")
 
@@ -254,16 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_ray_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("many machines (Ray, needs videostyle[ray])")
-    g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                   help="stylise segments of the video as Ray tasks; without ADDRESS on a Ray instance "
-                        "started here (or RAY_ADDRESS), else on the cluster at ADDRESS (e.g. auto)")
-    g.add_argument("--segment-frames", type=int, default=300, help="frames per segment (default 300)")
-    g.add_argument("--segment-overlap", type=int, default=10,
-                   help="run-in frames cross-faded with the previous segment (default 10)")
-    g.add_argument("--ray-cpus", type=int, default=1, help="CPUs per segment task on CPU workers (default 1)")
-    g.add_argument("--scene-cuts", action=argparse.BooleanOptionalAction, default=True,
-                   help="also start a segment at each scene cut, with no run-in (default on; the video is "
-                        "scanned once at 128 px before the tasks start)")
+    _opt(g, R, "ray", nargs="?", const="local")
+    _opt(g, R, "segment_frames", type=int)
+    _opt(g, R, "segment_overlap", type=int)
+    _opt(g, R, "ray_cpus", type=int)
+    _opt(g, R, "scene_cuts", action=argparse.BooleanOptionalAction)
 
 
 def _size_wh(text: str) -> tuple[int, int]:
@@ -366,8 +341,7 @@ def _progress_factory(quiet: bool):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from videostyle.run import chain
-
+    # torch (seconds to import) only once a frame is to be made: what needs no frame answers first.
     if args.command == "evaluate":
         return _evaluate(args)
     if args.command == "webcam":
@@ -375,7 +349,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command in ("preview", "sheet"):
         return _preview_or_sheet(args)
     if args.command == "resume":
-        summary = chain.resume_video(args.workdir, device=args.device,
+        from videostyle.run import api
+        summary = api.resume_video(args.workdir, device=args.device,
                                         progress=_progress_factory(args.quiet))
         _report(summary, args.quiet)
         return 0
@@ -384,20 +359,23 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "image":
         cfg = _style_config(args, video=False)
         output = args.output or _default_output(args.input, cfg.styles, ".png")
-        losses = chain.stylize_image(args.input, output, cfg, opts)
+        from videostyle.run import api
+        losses = api.stylize_image(args.input, output, cfg, opts)
         if not args.quiet:
             print(f"wrote {output} (style loss {losses['style']:.4g}, content loss {losses['content']:.4g})")
         return 0
     cfg = _style_config(args, video=True)
     output = args.output or _default_output(args.input, cfg.styles, ".mp4")
+    check_video_path(args.input)  # a missing input answers before torch is imported
+    from videostyle.run import api, plan
     opts = RunOptions(device=args.device, crf=args.crf, preset=args.preset, output_size=args.output_size,
                       workdir=args.workdir, quiet=args.quiet, verbose=args.verbose, restart=args.restart,
                       keep_workdir=args.keep_workdir, batch_size=args.batch_size, precision=args.precision,
                       save_every=args.save_every, ray=args.ray, segment_frames=args.segment_frames,
                       segment_overlap=args.segment_overlap, ray_cpus=args.ray_cpus, scene_cuts=args.scene_cuts,
                       tile=args.tile, max_memory=args.max_memory)
-    args.workdir_shown = args.workdir or str(chain.default_workdir(Path(output)))
-    summary = chain.stylize_video(args.input, output, cfg, opts, progress=_progress_factory(args.quiet))
+    args.workdir_shown = args.workdir or str(plan.default_workdir(Path(output)))
+    summary = api.stylize_video(args.input, output, cfg, opts, progress=_progress_factory(args.quiet))
     _report(summary, args.quiet)
     return 0
 
@@ -446,7 +424,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     styles = _path_list(args.style)
     if args.plot:  # checked before the (long) evaluation, as every command checks its output first
         from videostyle.paths import check_not_an_input
-        from videostyle.run.chain import check_image_output
+        from videostyle.run.plan import check_image_output
         inputs = [("stylised video", args.stylised), ("source video", args.source),
                   *(("style image", s) for s in styles)]
         if args.weights not in ("auto", "imagenet", "untrained"):
@@ -467,9 +445,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _webcam(args: argparse.Namespace) -> int:
     """Record (lossless raw clip beside the output), optionally preview live, then stylise offline."""
-    from videostyle.run import chain
+    from videostyle.cli.webcam import LivePreview, display_available
     from videostyle.media import capture as webcam
     from videostyle.media.encode import check_output_path
+    from videostyle.run import api, plan
 
     output = check_output_path(args.output)
     inputs = [("style image", s) for s in _path_list(args.style)] + [("mask", args.mask)]
@@ -490,8 +469,8 @@ def _webcam(args: argparse.Namespace) -> int:
     raw = webcam.raw_clip_path(output)
     preview = None
     if args.preview:
-        show = webcam.display_available()
-        preview = webcam.LivePreview(cfg, device=args.device, long_edge=args.preview_size,
+        show = display_available()
+        preview = LivePreview(cfg, device=args.device, long_edge=args.preview_size,
                                      iterations=args.preview_iters, show=show,
                                      output=output.with_name(f"{output.stem}.preview.mp4"))
     started = []
@@ -541,7 +520,7 @@ def _webcam(args: argparse.Namespace) -> int:
                       quiet=args.quiet, verbose=args.verbose, keep_workdir=args.keep_workdir,
                       precision=args.precision, tile=args.tile, max_memory=args.max_memory)
     try:
-        summary = chain.stylize_video(raw, output, cfg, opts, progress=_progress_factory(args.quiet))
+        summary = api.stylize_video(raw, output, cfg, opts, progress=_progress_factory(args.quiet))
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; the recording ({raw}) and finished frames are kept. "
               f"To resume: {PROG} resume {workdir}", file=sys.stderr)
@@ -625,7 +604,8 @@ def _ffmpeg_summary(counter) -> None:
 def _resume_hint(args: argparse.Namespace) -> str:
     """What to say on Ctrl-C / SIGTERM: the exact command that resumes, when there is a work dir."""
     workdir = getattr(args, "workdir_shown", None) or getattr(args, "workdir", None)
-    if not workdir or not (Path(workdir) / "manifest.json").is_file():
+    from videostyle.store.workdir import has_manifest  # torch-free
+    if not workdir or not has_manifest(workdir):
         return "interrupted before any work was saved; run the same command again to start"
     return f"interrupted; finished frames are kept. To resume: {PROG} resume {shlex.quote(str(workdir))}"
 

@@ -180,7 +180,7 @@ def encode_video(
         out = av.open(str(tmp_path), "w", format=OUTPUT_FORMATS[out_path.suffix.lower()])
         try:
             # Every stream is added before the first mux: adding one later gave "Cannot rebase to
-            # zero time" and once a SIGFPE (DESIGN.md).
+            # zero time" and once a SIGFPE (docs/ARCHITECTURE.md).
             vstream = _add_video_stream(out, width, height, time_base, average_rate, crf, preset)
             tracks = [_AudioTrack.create(out, src, a) for a in audio_streams]
             feeder = _AudioFeeder(out, src, tracks) if tracks else None
@@ -242,7 +242,7 @@ def _check_frame(rgb: np.ndarray, size: tuple[int, int] | None) -> tuple[int, in
 
 def _add_video_stream(out, width, height, time_base, average_rate, crf, preset):
     # No rate= here: with add_stream("libx264", rate=24) a VFR source's pts were quantised to
-    # 1/24 s and the muxer failed with "non monotonically increasing dts" (DESIGN.md). The codec
+    # 1/24 s and the muxer failed with "non monotonically increasing dts" (docs/ARCHITECTURE.md). The codec
     # time_base must be the pts unit too, or libx264 rescales them.
     stream = out.add_stream(VIDEO_CODEC)
     stream.width = width

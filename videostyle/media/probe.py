@@ -22,6 +22,7 @@ from typing import Iterator
 
 import av
 
+from videostyle.paths import check_video_path
 from videostyle.errors import InputError
 
 __all__ = ["AudioStreamInfo", "VideoInfo", "probe_video", "open_input"]
@@ -194,12 +195,8 @@ def _has_moov(path: Path) -> bool:
 
 def open_input(path: str | os.PathLike) -> av.container.InputContainer:
     """Open ``path`` for demuxing; ``InputError`` (one line) for a missing, unreadable or non-media file."""
-    path = Path(path)
+    path = check_video_path(path)
     shown = str(path)
-    if not path.exists():
-        raise InputError(f"video file not found: {shown!r}")
-    if path.is_dir():
-        raise InputError(f"expected a video file, got a directory: {shown!r}")
     with ffmpeg_log() as logs:
         try:
             return av.open(shown, "r")

@@ -45,6 +45,8 @@ import torch
 from torch import nn
 
 from videostyle.errors import WeightsError
+from videostyle.vgg_layers import (LAYER_NAMES, MODEL_NAMES, MODELS, check_layers, layer_names,  # noqa: F401
+                                   vgg19_layer_names)
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +57,6 @@ UNTRAINED_SEED = 0
 # --precision (config.PRECISIONS): the dtype VGG's convolutions run in (None: plain float32).
 _AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-# Convolutions per block: VGG-19 (configuration "E") and VGG-16 (configuration "D").
-_BLOCKS = {"vgg19": (2, 2, 4, 4, 4), "vgg16": (2, 2, 3, 3, 3)}
-MODELS = tuple(_BLOCKS)
-MODEL_NAMES = {"vgg19": "VGG-19", "vgg16": "VGG-16"}
-_VGG19_BLOCKS = _BLOCKS["vgg19"]
-
 # --weights values that are not paths.
 WEIGHTS_NAMES = ("auto", "imagenet", "untrained", "hed")
 # What the trained VGG-16 conv stack is, wherever a figure or a message names it.
@@ -68,36 +64,6 @@ HED_LABEL = "VGG-16 (HED fine-tune of ImageNet VGG-16)"
 HED_WEIGHTS_ID = "vgg16-hed-bsds500"
 TRAINED_FILENAME = "vgg16-hed-bsds500.pth"
 WEIGHTS_DIR_ENV = "VIDEOSTYLE_WEIGHTS_DIR"
-
-
-def layer_names(model: str = "vgg19") -> tuple[str, ...]:
-    """All layer names of ``model``'s feature stack, in torchvision's order (conv, relu, ..., pool)."""
-    if model not in _BLOCKS:
-        raise ValueError(f"--model must be one of {', '.join(MODELS)}; got {model!r}")
-    names = []
-    for block, n_convs in enumerate(_BLOCKS[model], start=1):
-        for n in range(1, n_convs + 1):
-            names += [f"conv{block}_{n}", f"relu{block}_{n}"]
-        names.append(f"pool{block}")
-    return tuple(names)
-
-
-def vgg19_layer_names() -> list[str]:
-    """All layer names of VGG-19's feature stack, in order (conv, relu, ..., pool)."""
-    return list(layer_names("vgg19"))
-
-
-LAYER_NAMES = layer_names("vgg19")
-
-
-def check_layers(layers: Iterable[str], model: str = "vgg19") -> None:
-    """``ValueError`` (one line) naming any layer ``model`` lacks, e.g. relu3_4 on VGG-16."""
-    names = layer_names(model)
-    unknown = [name for name in dict.fromkeys(layers) if name not in names]
-    if unknown:
-        relus = [n for n in names if n.startswith("relu")]
-        raise ValueError(f"{MODEL_NAMES[model]} (--model {model}) has no layer {', '.join(unknown)}; "
-                         f"expected one of {', '.join(relus)}")
 
 
 def _conv_positions(model: str) -> dict[int, str]:

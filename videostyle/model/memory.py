@@ -118,3 +118,15 @@ def choose_tile(height: int, width: int, stack: Sequence[str], *, budget_bytes: 
     raise ValueError(f"{width}x{height} px needs at least {(fixed + crop) / 2**20:.0f} MiB (the frame, its "
                      f"L-BFGS history of {history_size} pairs and the weights {fixed / 2**20:.0f} MiB, the "
                      f"smallest tile's VGG {crop / 2**20:.0f} MiB), more than {budget_bytes / 2**20:.0f} MiB")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new work (Linux ``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -17,6 +17,7 @@ import torch
 from videostyle.model import losses
 from videostyle.model.features import VGGEncoder
 from videostyle.model.lbfgs import LBFGS
+from videostyle.model.objective import FEATURE_TERMS, PIXEL_TERMS, TermInputs, build_terms
 
 # --tol compares the loss with the loss this many iterations earlier. Comparing consecutive iterations
 # (artistic-videos' interval of 1) stopped every frame after 2 iterations: L-BFGS's first step is scaled
@@ -87,7 +88,8 @@ class LossWeights:
 
 
 class FrameObjective:
-    """The scalar objective of one frame: content + style + temporal + tv + range.
+    """The scalar objective of one frame: the sum of the registered loss terms
+    (:mod:`videostyle.model.objective`): content + style + temporal + tv + range.
 
     Content targets are computed once at construction from ``content`` ``(1, 3, H, W)``.
     """
@@ -103,18 +105,14 @@ class FrameObjective:
             self.content_targets = {layer: feats[layer] for layer in weights.content_layers}
             # The content loss normalisers once per frame (the style ones once per run, in targets).
             self.content_powers = {layer: losses.power(t) for layer, t in self.content_targets.items()}
+        self.feature_terms = build_terms(FEATURE_TERMS, TermInputs(weights, targets, self.content_targets,
+                                                                    self.content_powers, self.temporal))
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Returns ``(total, parts)``; parts are the weighted terms (scalars, still in the graph)."""
         feats = self.encoder(image)
-        w = self.weights
-        content = sum(lw * losses.content_loss(feats[layer], self.content_targets[layer],
-                                               self.content_powers[layer])
-                      for layer, lw in w.content_layers.items())
-        style = sum(lw * losses.style_loss(feats[layer], self.targets.grams[layer], self.targets.powers[layer])
-                    for layer, lw in w.style_layers.items())
-        parts = {"content": w.content * content, "style": w.style * style,
-                 **pixel_terms(image, self.temporal, w)}
+        parts = {term.name: term(feats) for term in self.feature_terms}
+        parts.update(pixel_terms(image, self.temporal, self.weights))
         return sum(parts.values()), parts
 
     def loss(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -124,7 +122,7 @@ class FrameObjective:
 
     def loss_and_gradient(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(total, parts)`` detached, with the gradient of ``total`` accumulated into ``image.grad``
-        (the interface :func:`stylise_frame` calls; :class:`videostyle.model.tiled.TiledObjective` has it too)."""
+        (the interface :func:`stylize_frame` calls; :class:`videostyle.model.tiled.TiledObjective` has it too)."""
         total, parts = self(image)
         total.backward()
         return total.detach(), {name: value.detach() for name, value in parts.items()}
@@ -132,17 +130,10 @@ class FrameObjective:
 
 def pixel_terms(image: torch.Tensor, temporal: Sequence[TemporalTerm], weights: LossWeights
                 ) -> dict[str, torch.Tensor]:
-    """The weighted terms that need no VGG (those whose weight is set): temporal, tv and range, each a
-    scalar of ``image`` ``(1, 3, H, W)`` in the graph."""
-    parts = {}
-    if temporal:
-        parts["temporal"] = sum(term.weight * losses.temporal_loss(image, term.warped, term.mask)
-                                for term in temporal)
-    if weights.tv > 0:
-        parts["tv"] = weights.tv * losses.total_variation(image)
-    if weights.range > 0:
-        parts["range"] = weights.range * losses.range_penalty(image)
-    return parts
+    """The weighted terms that need no VGG (:data:`~videostyle.model.objective.PIXEL_TERMS`, those whose
+    weight is set): temporal, tv and range, each a scalar of ``image`` ``(1, 3, H, W)`` in the graph."""
+    terms = build_terms(PIXEL_TERMS, TermInputs(weights, None, {}, {}, temporal))
+    return {term.name: term(image) for term in terms}
 
 
 @dataclass
@@ -161,7 +152,7 @@ class FrameResult:
     history: list[float] = field(default_factory=list)
 
 
-def stylise_frame(objective: FrameObjective, init: torch.Tensor, *, iterations: int,
+def stylize_frame(objective: FrameObjective, init: torch.Tensor, *, iterations: int,
                   optimizer: str = "lbfgs", learning_rate: float = 0.02,
                   tol_loss_relative: float = 0.0, history_size: int = LBFGS_HISTORY,
                   on_iteration: Callable[[int, float], None] | None = None,
@@ -257,7 +248,7 @@ def octave_sizes(height: int, width: int, octaves: int, *, min_edge: int = 64) -
     return sizes
 
 
-def stylise_coarse_to_fine(encoder: VGGEncoder, content: torch.Tensor, init: torch.Tensor,
+def stylize_coarse_to_fine(encoder: VGGEncoder, content: torch.Tensor, init: torch.Tensor,
                            targets: StyleTargets, weights: LossWeights,
                            temporal: Sequence[TemporalTerm] = (), *, iterations: int, octaves: int = 2,
                            coarse_iterations: int | None = None, make_objective: Callable | None = None,
@@ -294,7 +285,7 @@ def stylise_coarse_to_fine(encoder: VGGEncoder, content: torch.Tensor, init: tor
         kwargs = dict(optimiser_kwargs)
         if not last:  # a coarse octave's losses are never reported
             kwargs.update(evaluate_result=False, on_iteration=None, on_image=None)
-        result = stylise_frame(objective, start,
+        result = stylize_frame(objective, start,
                                iterations=iterations if last else coarse_iterations, **kwargs)
         history += result.history
         change = result.image - _resize(init, size)

@@ -13,6 +13,7 @@ Convention:
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -27,7 +28,6 @@ from videostyle.media.background import BackgroundIterator
 from videostyle.errors import InputError, WeightsError
 from videostyle.timing import PHASES
 
-FLOW_METHODS = ("dis", "farneback", "raft-small", "raft-large")
 
 _DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                 "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
@@ -40,6 +40,68 @@ _RAFT_SEED = 0  # the "untrained" RAFT is seeded so that tests are reproducible
 
 # --------------------------------------------------------------------------------------------------
 # Estimators
+
+
+@dataclass(frozen=True)
+class FlowBackend:
+    """One optical flow method: ``build(device, **options) -> (compute, weights_id)``, where
+    ``compute(a, b)`` gives the flow ``(H, W, 2)`` from ``a`` to ``b`` (both ``(H, W, 3)`` uint8 RGB).
+    ``torch``: it runs on the run's torch device (``--device``); otherwise on the CPU."""
+
+    name: str
+    build: Callable[..., tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], str]]
+    torch: bool = False
+
+
+# name -> backend, in the order --flow lists them. A new backend: one builder registered with
+# @flow_backend (docs/ARCHITECTURE.md, "where does this change go?").
+FLOW_BACKENDS: dict[str, FlowBackend] = {}
+
+
+def flow_backend(name: str, *, torch_device: bool = False):
+    """Register ``build(device, *, weights, dis_preset, raft_updates) -> (compute, weights_id)`` as
+    flow method ``name``."""
+    def register(build):
+        FLOW_BACKENDS[name] = FlowBackend(name, build, torch_device)
+        return build
+    return register
+
+
+@flow_backend("dis")
+def _build_dis(device, *, dis_preset: str = "medium", **_):
+    if dis_preset not in _DIS_PRESETS:
+        raise ValueError(f"DIS preset must be one of {', '.join(_DIS_PRESETS)}; got {dis_preset!r}")
+    dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[dis_preset])
+    return (lambda a, b: dis.calc(_gray(a), _gray(b), None)), "none"
+
+
+@flow_backend("farneback")
+def _build_farneback(device, **_):
+    def compute(a, b):
+        # levels=5 so that motions of tens of pixels at ~512 px are still within reach.
+        return cv2.calcOpticalFlowFarneback(_gray(a), _gray(b), None, pyr_scale=0.5, levels=5,
+                                            winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
+    return compute, "none"
+
+
+class _RaftFlow:
+    """RAFT's flow, as a backend's ``compute``; ``model`` is the torchvision module."""
+
+    def __init__(self, method: str, model: torch.nn.Module, device: torch.device, updates: int):
+        self.method, self.model, self.device, self.updates = method, model, device, updates
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return _raft_flow(self.method, self.model, self.device, self.updates, a, b)
+
+
+def _build_raft(method: str, device, *, weights: str = "auto", raft_updates: int = 12, **_):
+    model, weights_id = _load_raft(method, weights)
+    return _RaftFlow(method, model.to(device).eval(), device, int(raft_updates)), weights_id
+
+
+flow_backend("raft-small", torch_device=True)(functools.partial(_build_raft, "raft-small"))
+flow_backend("raft-large", torch_device=True)(functools.partial(_build_raft, "raft-large"))
+FLOW_METHODS = tuple(FLOW_BACKENDS)
 
 
 class FlowEstimator:
@@ -72,21 +134,14 @@ class FlowEstimator:
 
     def __init__(self, method: str = "dis", *, device: str | torch.device = "cpu", weights: str = "auto",
                  dis_preset: str = "medium", raft_updates: int = 12) -> None:
-        if method not in FLOW_METHODS:
+        if method not in FLOW_BACKENDS:
             raise ValueError(f"flow method must be one of {', '.join(FLOW_METHODS)}; got {method!r}")
+        backend = FLOW_BACKENDS[method]
         self.method = method
-        self.device = _resolve_device(device) if method.startswith("raft") else torch.device("cpu")
-        self.weights_id = "none"
-        self._dis = None
-        self._raft = None
-        self._raft_updates = int(raft_updates)
-        if method == "dis":
-            if dis_preset not in _DIS_PRESETS:
-                raise ValueError(f"DIS preset must be one of {', '.join(_DIS_PRESETS)}; got {dis_preset!r}")
-            self._dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[dis_preset])
-        elif method.startswith("raft"):
-            self._raft, self.weights_id = _load_raft(method, weights)
-            self._raft = self._raft.to(self.device).eval()
+        self.device = _resolve_device(device) if backend.torch else torch.device("cpu")
+        self._compute, self.weights_id = backend.build(self.device, weights=weights, dis_preset=dis_preset,
+                                                       raft_updates=raft_updates)
+        self.model = getattr(self._compute, "model", None)  # RAFT's torch module (None for OpenCV's)
 
     def __repr__(self) -> str:
         return f"FlowEstimator({self.method!r}, device={str(self.device)!r}, weights={self.weights_id!r})"
@@ -100,30 +155,23 @@ class FlowEstimator:
             ``(H, W, 2)`` float32 px on ``a``'s grid, channel 0 = x: ``a(p) ~ b(p + flow(p))``.
         """
         _check_rgb_pair(a, b)
-        if self.method == "dis":
-            flow = self._dis.calc(_gray(a), _gray(b), None)
-        elif self.method == "farneback":
-            # levels=5 so that motions of tens of pixels at ~512 px are still within reach.
-            flow = cv2.calcOpticalFlowFarneback(_gray(a), _gray(b), None, pyr_scale=0.5, levels=5,
-                                                winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
-        else:
-            flow = self._raft_flow(a, b)
-        return np.ascontiguousarray(flow, dtype=np.float32)
+        return np.ascontiguousarray(self._compute(a, b), dtype=np.float32)
 
-    def _raft_flow(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        h, w = a.shape[:2]
-        pad_h = max(_round_up(h, _RAFT_MULTIPLE), _RAFT_MIN_SIZE) - h
-        pad_w = max(_round_up(w, _RAFT_MULTIPLE), _RAFT_MIN_SIZE) - w
-        batch = torch.from_numpy(np.stack([a, b])).permute(0, 3, 1, 2).to(self.device)  # (2,3,H,W) uint8
-        # torchvision's preset: uint8 -> float in [0, 1] -> normalised to [-1, 1].
-        img1, img2 = _raft_transforms(self.method)(batch[:1], batch[1:])
-        if pad_h or pad_w:
-            # Replicate (not zeros) so the padding looks like a static continuation of the border.
-            img1 = F.pad(img1, (0, pad_w, 0, pad_h), mode="replicate")
-            img2 = F.pad(img2, (0, pad_w, 0, pad_h), mode="replicate")
-        with torch.inference_mode():
-            flow = self._raft(img1, img2, num_flow_updates=self._raft_updates)[-1]  # (1,2,H',W') px
-        return flow[0, :, :h, :w].permute(1, 2, 0).float().cpu().numpy()
+
+def _raft_flow(method: str, model, device: torch.device, updates: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    h, w = a.shape[:2]
+    pad_h = max(_round_up(h, _RAFT_MULTIPLE), _RAFT_MIN_SIZE) - h
+    pad_w = max(_round_up(w, _RAFT_MULTIPLE), _RAFT_MIN_SIZE) - w
+    batch = torch.from_numpy(np.stack([a, b])).permute(0, 3, 1, 2).to(device)  # (2,3,H,W) uint8
+    # torchvision's preset: uint8 -> float in [0, 1] -> normalised to [-1, 1].
+    img1, img2 = _raft_transforms(method)(batch[:1], batch[1:])
+    if pad_h or pad_w:
+        # Replicate (not zeros) so the padding looks like a static continuation of the border.
+        img1 = F.pad(img1, (0, pad_w, 0, pad_h), mode="replicate")
+        img2 = F.pad(img2, (0, pad_w, 0, pad_h), mode="replicate")
+    with torch.inference_mode():
+        flow = model(img1, img2, num_flow_updates=updates)[-1]  # (1,2,H',W') px
+    return flow[0, :, :h, :w].permute(1, 2, 0).float().cpu().numpy()
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:

@@ -53,7 +53,7 @@ def warm_start_mask(mode: str, flow_back: np.ndarray, reliable: np.ndarray | Non
 
     ``prev-warped-inside`` (default): wherever ``p + flow(p)`` lies inside the frame. Pixels whose flow
     leaves the frame (new scenery at an edge of a pan) would be border pixels smeared into streaks, so
-    they start from the content frame; every other pixel starts stylised. ``prev-warped`` (DESIGN.md's
+    they start from the content frame; every other pixel starts stylised. ``prev-warped`` (the first design's, docs/ARCHITECTURE.md
     first choice): only where the ``reliable`` ``(H, W)`` mask (:func:`~videostyle.motion.flow.reliability_mask`)
     is 1. Measured (docs/BENCHMARKS.md): the few unreliable pixels (5% on realshort.mp4) that start
     unstylised raise the init's style loss 9x, and at 10 iterations per frame they leave more flicker

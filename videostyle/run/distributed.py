@@ -1,13 +1,10 @@
 """Many workers: a video cut into overlapping segments, each a Ray task running the normal frame chain.
 
-Layout of a Ray run's work dir (the top level is a normal :class:`~videostyle.store.workdir.WorkDir` whose
-manifest makes ``videostyle resume WORKDIR`` work; its own journal stays empty)::
-
-    WORKDIR/manifest.json                   config, source, output, run options (``ray``, segments)
-    WORKDIR/segments/FFFFFF-SSSSSS/         one WorkDir per segment: source frames FFFFFF .. SSSSSS-1
-                                            (``end``: to the end of the video); its journal indexes
-                                            them from 0, its manifest is the parent's plus the range
-    WORKDIR/segments/FFFFFF-SSSSSS/attempts.jsonl   one line per task attempt (pid, host, resumed from)
+A Ray run's work dir is a normal :class:`~videostyle.store.workdir.WorkDir` (its manifest makes
+``videostyle resume WORKDIR`` work, with the segments planned; its own journal stays empty), holding one
+work dir per segment (:func:`~videostyle.store.workdir.segment_dir`, named ``FFFFFF-SSSSSS`` by the
+source frames it stylises, ``end`` for the last): its journal indexes them from 0, its manifest is the
+parent's plus the range, and it logs each task attempt (pid, host, resumed from).
 
 Convention:
     Frame indices are source indices (0-based, decode order) unless named ``local``. Segment ``i`` owns
@@ -37,7 +34,6 @@ Ray is imported lazily: the package works without the ``ray`` extra.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -52,19 +48,21 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from videostyle import images
-from videostyle.run import chain
+from videostyle import faults, images
 from videostyle.config import RunOptions, StyleConfig
 from videostyle.errors import InputError, OutputError, ResumeError, VideoStyleError
-from videostyle.store.workdir import MANIFEST, WorkDir, file_fingerprint
-from videostyle.model.metrics import temporal_warping_error
 from videostyle.media.decode import SeekError, keyframes
 from videostyle.media.probe import VideoInfo, probe_video
+from videostyle.model.metrics import temporal_warping_error
+from videostyle.run.chain import run_chain
+from videostyle.run.plan import (RunSummary, check_disk_space, estimated_frame_count, first_frame,
+                                 open_run_workdir, plan_run)
+from videostyle.step import Stylizer, pick_device
+from videostyle.store.workdir import (OffsetFrames, WorkDir, file_fingerprint, has_manifest, journaled_count,
+                                      log_attempt, segment_dir)
 
 log = logging.getLogger(__name__)
 
-SEGMENTS = "segments"
-ATTEMPTS = "attempts.jsonl"
 # A worker lost mid-segment (node gone, OOM, SIGKILL) is retried this often; it resumes from its journal.
 MAX_RETRIES = 3
 # Seconds between progress updates while the driver waits for a segment.
@@ -286,27 +284,6 @@ class SegmentResult:
     resumed_from: int
 
 
-class _SegmentFrames:
-    """A segment's :class:`WorkDir` seen with source indices (what ``chain._stylise_frames`` uses):
-    frame ``first + j`` is the work dir's local frame ``j``."""
-
-    def __init__(self, work: WorkDir, first: int):
-        self._work, self._first = work, first
-
-    @property
-    def finished_count(self) -> int:
-        return self._first + self._work.finished_count
-
-    def read_frame(self, index: int) -> np.ndarray:
-        return self._work.read_frame(index - self._first)
-
-    def write_frame(self, index: int, pts: int, rgb: np.ndarray) -> None:
-        self._work.write_frame(index - self._first, pts, rgb)
-
-    def __getattr__(self, name):  # anything else: the work dir's own
-        return getattr(self._work, name)
-
-
 def _is_complete(work: WorkDir, seg: Segment) -> bool:
     """Finished: every frame of the range journaled, or the chain ran to the end of the video."""
     if seg.stop is not None and work.finished_count >= seg.stop - seg.first:
@@ -332,27 +309,28 @@ def _run_segment_in(job: SegmentJob, work: WorkDir) -> SegmentResult:
     resumed_from = work.finished_count
     done = 0
     if not _is_complete(work, seg):
-        device = chain.pick_device(job.device)
+        device = pick_device(job.device)
         if device.type == "cpu":
             torch.set_num_threads(job.threads)  # the CPUs Ray gave this task, no more
         info = probe_video(job.source)
         # --preserve-colors matches the style's luminance to frame 0, as a single-process run does.
-        reference = chain._first_frame(info, tuple(job.working), device) if job.cfg.preserve_colors else None
-        stylizer = chain.Stylizer(job.cfg, device=device, working_size=tuple(job.working),
+        reference = first_frame(info, tuple(job.working), device) if job.cfg.preserve_colors else None
+        stylizer = Stylizer(job.cfg, device=device, working_size=tuple(job.working),
                                      colour_reference=reference, precision=job.precision)
         if stylizer.weights.weights_id != job.weights_id:
             raise InputError(f"worker on {socket.gethostname()} resolved VGG-19 weights "
                              f"{stylizer.weights.weights_id}, the driver {job.weights_id}: install the same "
                              f"weights on every node (or pass --weights explicitly)")
         _log_attempt(work, "start", resumed_from=resumed_from, seek=job.seek)
-        frames = _SegmentFrames(work, seg.first)
-        chain = dict(progress=None, verbose=False, batch_size=job.batch_size, first=seg.first, stop=seg.stop)
-        with _armed_test_kill(job):
+        frames = OffsetFrames(work, seg.first)
+        options = dict(progress=None, verbose=False, batch_size=job.batch_size, first=seg.first, stop=seg.stop)
+        with _armed_test_kill(job) as kill_point:
             try:
-                done = chain._stylise_frames(info, stylizer, frames, tuple(job.working), seek=job.seek, **chain)
+                done = run_chain(info, stylizer, frames, tuple(job.working), seek=job.seek, kill_point=kill_point,
+                                 **options)
             except SeekError as exc:  # the file does not seek exactly: decode from its start (slower)
                 _log_attempt(work, "seek-failed", reason=str(exc))
-                done = chain._stylise_frames(info, stylizer, frames, tuple(job.working), **chain)
+                done = run_chain(info, stylizer, frames, tuple(job.working), kill_point=kill_point, **options)
         work.update_manifest(frame_count=work.finished_count)
         _log_attempt(work, "done", stylised=done)
     pts = tuple(work.entries[j].pts for j in range(work.finished_count))
@@ -360,31 +338,28 @@ def _run_segment_in(job: SegmentJob, work: WorkDir) -> SegmentResult:
 
 
 def _log_attempt(work: WorkDir, event: str, **fields) -> None:
-    line = json.dumps({"event": event, "pid": os.getpid(), "host": socket.gethostname(),
-                       "time": time.time(), **fields})
-    fd = os.open(work.path / ATTEMPTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    with os.fdopen(fd, "a") as fh:  # never through a link planted in the work dir
-        fh.write(line + "\n")
+    log_attempt(work, event=event, pid=os.getpid(), host=socket.gethostname(), time=time.time(), **fields)
 
 
 @contextmanager
 def _armed_test_kill(job: SegmentJob):
     """TEST-ONLY: ``VIDEOSTYLE_TEST_KILL_AT=segment:S:frame:N`` (or ``segment:S:journal:N``) SIGKILLs the
-    worker of segment S at source frame N (see ``chain._test_kill_point``), once: a marker file in the
-    segment's dir disarms it for Ray's retry. The driver passes the variable to the task (workers do not
-    share the driver's environment)."""
+    worker of segment S at source frame N (:mod:`videostyle.faults`), once: a marker file in the segment's
+    dir disarms it for Ray's retry. The driver passes the variable to the task (workers do not share the
+    driver's environment). Yields the kill point to hand down (:func:`videostyle.faults.never` when
+    unarmed)."""
     parts = (job.kill_at or "").split(":")
     marker = Path(job.directory) / "test-kill-fired"
     armed = (len(parts) == 4 and parts[0] == "segment" and parts[1] == str(job.segment.index)
              and not marker.exists())
     if not armed:
-        yield
+        yield faults.never
         return
     marker.touch()
     before = os.environ.get("VIDEOSTYLE_TEST_KILL_AT")
     os.environ["VIDEOSTYLE_TEST_KILL_AT"] = f"{parts[2]}:{parts[3]}"
     try:
-        yield
+        yield faults.kill_point
     finally:
         if before is None:
             os.environ.pop("VIDEOSTYLE_TEST_KILL_AT", None)
@@ -435,8 +410,9 @@ def _task_resources(ray, device: str, cpus: int) -> dict:
     return {"num_gpus": 1, "num_cpus": 1} if wants_gpu else {"num_cpus": cpus}
 
 
-def stylize_video_ray(source, output, cfg: StyleConfig, opts: RunOptions, *, progress=None):
-    """:func:`videostyle.run.chain.stylize_video` with segments as Ray tasks (``opts.ray`` set).
+def stylize_video_ray(source, output, cfg: StyleConfig, opts: RunOptions, *, progress=None,
+                      kill_at: str | None = None):
+    """:func:`videostyle.run.api.stylize_video` with segments as Ray tasks (``opts.ray`` set).
 
     Same checks before any work, same work dir semantics (rerun or ``videostyle resume`` skips finished
     frames), same output (frame count, pts, audio). Returns a :class:`RaySummary`.
@@ -444,40 +420,38 @@ def stylize_video_ray(source, output, cfg: StyleConfig, opts: RunOptions, *, pro
     ray = import_ray()
     from videostyle.model.features import resolve_weights
 
-    plan = chain.plan_run(source, output, cfg, opts)
+    plan = plan_run(source, output, cfg, opts)
     cfg, info, output, working, out_size = plan.cfg, plan.info, plan.output, plan.working, plan.out_size
     if opts.ray_cpus < 1:
         raise ValueError(f"--ray-cpus must be at least 1, got {opts.ray_cpus}")
     if cfg.passes > 1:
         raise InputError("--passes needs the whole video in one process: run it without --ray")
-    estimate = chain.estimated_frame_count(info)
+    estimate = estimated_frame_count(info)
     workdir = plan.workdir.resolve()  # the tasks get absolute paths
     cuts = _scene_cuts(info, workdir, opts)
     segments = plan_segments(estimate, length=opts.segment_frames, overlap=opts.segment_overlap, cuts=cuts)
-    seg_root = workdir / SEGMENTS
     planned = None if estimate is None else estimate + sum(s.overlap for s in segments)
     if planned is not None:
-        planned -= sum(_journaled(seg_root / s.name) for s in segments)
-    chain.check_disk_space(workdir, working, planned)
+        planned -= sum(journaled_count(segment_dir(workdir, s.name)) for s in segments)
+    check_disk_space(workdir, working, planned)
     weights_id = resolve_weights(cfg.weights, cfg.model).weights_id  # the workers must resolve the same
-    work, manifest = chain.open_run_workdir(replace(plan, workdir=workdir), weights_id, opts,
+    work, manifest = open_run_workdir(replace(plan, workdir=workdir), weights_id, opts,
                                                device=opts.device, threads=opts.ray_cpus)
     with work:  # locked for the whole run; a run stopped before any segment started leaves no work dir
         work.update_manifest(segments=[s.to_dict() for s in segments], scene_cuts=cuts if opts.scene_cuts else None)
-        resumed_from = sum(_journaled(seg_root / s.name) for s in segments)
+        resumed_from = sum(journaled_count(segment_dir(workdir, s.name)) for s in segments)
 
         started = _connect(ray, opts.ray)
         t0 = time.monotonic()
         try:
             resources = _task_resources(ray, opts.device, opts.ray_cpus)
             task = ray.remote(run_segment).options(max_retries=MAX_RETRIES, retry_exceptions=False, **resources)
-            kill_at = os.environ.get("VIDEOSTYLE_TEST_KILL_AT") or None
             keys = keyframes(info)  # late segments (and the seam metric) seek instead of decoding from frame 0
-            jobs = [SegmentJob(str(Path(info.path).resolve()), s, str(seg_root / s.name),
+            jobs = [SegmentJob(str(Path(info.path).resolve()), s, str(segment_dir(workdir, s.name)),
                                {**manifest, "segment": s.to_dict()}, cfg, working, opts.device,
                                resources["num_cpus"], opts.batch_size, weights_id, seek_point(keys, s.first),
                                kill_at, opts.precision) for s in segments]
-            driver = _Driver(ray, [task.remote(job) for job in jobs], segments, seg_root, progress, resumed_from,
+            driver = _Driver(ray, [task.remote(job) for job in jobs], segments, workdir, progress, resumed_from,
                              planned_total=None if estimate is None else estimate + sum(s.overlap for s in segments))
             try:
                 meter = _encode(driver, info, output, out_size, working, segments, opts, work, keys)
@@ -505,7 +479,7 @@ def _scene_cuts(info: VideoInfo, workdir: Path, opts: RunOptions) -> list[int]:
     recorded for the same source (a resume does not decode the video again); else detected."""
     if not opts.scene_cuts:
         return []
-    if not opts.restart and (workdir / MANIFEST).is_file():
+    if not opts.restart and has_manifest(workdir):
         try:
             old = WorkDir.read_manifest(workdir)
         except ResumeError:  # unreadable: WorkDir.open reports it later
@@ -520,18 +494,9 @@ def _scene_cuts(info: VideoInfo, workdir: Path, opts: RunOptions) -> list[int]:
     return cuts
 
 
-def _journaled(directory: Path) -> int:
-    """Journal lines of a segment's work dir (not verified: for progress and estimates only)."""
-    try:
-        with open(directory / "journal.jsonl", "rb") as fh:
-            return sum(1 for line in fh if line.endswith(b"\n"))
-    except OSError:
-        return 0
-
-
 @dataclass(frozen=True)
-class RaySummary(chain.RunSummary):
-    """:class:`videostyle.run.chain.RunSummary` plus the segments used and the seam metric.
+class RaySummary(RunSummary):
+    """:class:`videostyle.run.plan.RunSummary` plus the segments used and the seam metric.
 
     ``seconds_per_frame`` is wall time per frame stylised in this run (all workers together).
     """
@@ -543,12 +508,12 @@ class RaySummary(chain.RunSummary):
 class _Driver:
     """Waits for segment tasks in source order, with a progress bar over all segments' journals."""
 
-    def __init__(self, ray, refs: list, segments: list[Segment], seg_root: Path, progress, initial: int,
+    def __init__(self, ray, refs: list, segments: list[Segment], workdir: Path, progress, initial: int,
                  planned_total: int | None):
         self.ray = ray
         self.refs = dict(zip((s.index for s in segments), refs))
         self.segments = segments
-        self.seg_root = seg_root
+        self.workdir = workdir
         self.results: dict[int, SegmentResult] = {}
         self.bar = progress(total=planned_total, initial=initial) if progress else None
         self._shown = initial
@@ -584,7 +549,7 @@ class _Driver:
     def _update_bar(self) -> None:
         if self.bar is None:
             return
-        done = sum(_journaled(self.seg_root / s.name) for s in self.segments)
+        done = sum(journaled_count(segment_dir(self.workdir, s.name)) for s in self.segments)
         if done > self._shown:
             self.bar.update(done - self._shown)
             self._shown = done
@@ -602,19 +567,28 @@ class _Driver:
             self._update_bar()
             self.bar.close()
 
+    def _finished(self, seg: Segment, res: SegmentResult) -> WorkDir:
+        """Segment ``seg``'s work dir to read, checked as a resume would; every frame its task reported
+        must be there, intact."""
+        work = WorkDir.view(segment_dir(self.workdir, seg.name))
+        if work.finished_count < len(res.pts):
+            raise RuntimeError(f"segment {seg.index} reported {len(res.pts)} frames but {work.finished_count} "
+                               f"are intact in {str(work.path)!r}; rerun the same command to redo the rest")
+        return work
+
     def frames(self) -> Iterator[tuple[int, int, np.ndarray]]:
         """``(index, pts, rgb)`` of the final video in source order, cross-faded at the seams."""
         t = 0
         for i, seg in enumerate(self.segments):
             res = self.result(i)
-            own = WorkDir(Path(self.seg_root / seg.name), {}, {})
+            own = self._finished(seg, res)
             end = seg.first + len(res.pts)  # the frames it has (fewer than planned: the video ended)
             if t < seg.start or end <= t:
                 break  # the video ended before this segment: none of it is used
             self.used_segments.append(seg)
             nxt = self.segments[i + 1] if i + 1 < len(self.segments) else None
             nxt_res = self.result(i + 1) if nxt is not None else None
-            nxt_dir = WorkDir(Path(self.seg_root / nxt.name), {}, {}) if nxt is not None else None
+            nxt_dir = self._finished(nxt, nxt_res) if nxt is not None else None
             while t < end:
                 rgb = own.read_frame(t - seg.first)
                 if nxt is not None and nxt.first <= t < nxt.first + len(nxt_res.pts):
@@ -639,7 +613,7 @@ def _encode(driver: _Driver, info: VideoInfo, output: Path, out_size: tuple[int,
     from videostyle.media.encode import encode_video, remove_partial_outputs
 
     remove_partial_outputs(output)
-    meter = SeamMeter(segments, chain.estimated_frame_count(info) or 0)
+    meter = SeamMeter(segments, estimated_frame_count(info) or 0)
 
     def frames():
         # Source frames only for the seam metric's few windows (it never feeds the encoder): each window

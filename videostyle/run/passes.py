@@ -11,7 +11,7 @@ iterations with the temporal loss toward ``warp(out[n])``. Flow in the pass dire
 the working-size source frames (DIS by default): a backward pass needs the flow t -> t+1. Only the
 short-term neighbour is used (``--flow-indices`` applies to pass 1).
 
-Resume: pass p lives in ``WORKDIR/pass<p>/``, a work dir of its own (:class:`~videostyle.store.workdir.WorkDir`)
+Resume: pass p lives in a work dir of its own (:func:`videostyle.store.workdir.pass_dir`)
 whose frames are journaled in processing order: position j holds source frame ``order[j]``
 (``T-1-j`` going backward). Like pass 1, every neighbour is read back as the saved 8-bit frame, so a
 resumed run gives the same frames as an uninterrupted one. A pass dir whose previous pass changed (its
@@ -25,17 +25,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from videostyle import images
-from videostyle.motion.flow import FlowEstimator, reliability_mask
-from videostyle.store.workdir import WorkDir
-from videostyle.model.optimise import TemporalTerm
-from videostyle.motion.temporal import mask_tensor, warp_previous
+from videostyle.faults import KillPoint, never
 from videostyle.media.decode import iter_frames
+from videostyle.model.optimise import TemporalTerm
+from videostyle.motion.flow import FlowEstimator, reliability_mask
+from videostyle.motion.temporal import mask_tensor, warp_previous
+from videostyle.step import Stylizer
+from videostyle.store.workdir import OrderedFrames, WorkDir, has_manifest, pass_dir, pass_dirs
 
 log = logging.getLogger(__name__)
 
@@ -49,47 +49,20 @@ def pass_order(total: int, p: int) -> list[int]:
     return list(range(total - 1, -1, -1)) if p % 2 == 0 else list(range(total))
 
 
-class PassFrames:
-    """The frames of one finished pass by SOURCE index, with the parts of the WorkDir interface the
-    encoder uses (``entries[t].pts``, ``finished_count``, ``read_frame(t)``, ``path``).
-
-    Args:
-        work: the pass's work dir (frames in processing order).
-        order: ``order[j]`` = source index of position j.
-        root: the run's work dir (named in messages: that is what `videostyle resume` takes).
-    """
-
-    def __init__(self, work: WorkDir, order: Sequence[int], root: WorkDir):
-        self.work = work
-        self.position = {t: j for j, t in enumerate(order)}
-        self.path = root.path
-
-    @property
-    def finished_count(self) -> int:
-        return self.work.finished_count
-
-    @property
-    def entries(self) -> dict:
-        return {t: self.work.entries[j] for t, j in self.position.items() if j in self.work.entries}
-
-    def read_frame(self, t: int) -> np.ndarray:
-        return self.work.read_frame(self.position[t])
-
-
 def _digest(frames) -> str:
     """sha256 over a pass's frame hashes in source order: identifies the pass a later pass was built on."""
     entries = frames.entries
     return hashlib.sha256("".join(entries[t].sha256 for t in sorted(entries)).encode()).hexdigest()
 
 
-def run_passes(info, stylizer, work: WorkDir, working: tuple[int, int], *, progress=None,
-               verbose: bool = False):
+def run_passes(info, stylizer: Stylizer, work: WorkDir, working: tuple[int, int], *, progress=None,
+               verbose: bool = False, kill_point: KillPoint = never):
     """Run passes 2..``cfg.passes`` after a finished pass 1 in ``work``.
 
-    Returns ``(frames of the last pass, frames optimised in this call)``; the first is a
-    :class:`PassFrames` the encoder reads.
+    Returns ``(frames of the last pass, frames optimised in this call)``; the first is an
+    :class:`~videostyle.store.workdir.OrderedFrames` the encoder reads. ``kill_point``:
+    :mod:`videostyle.faults` (tests only).
     """
-    from videostyle.run.chain import _test_kill_point  # the same fault injection as pass 1 (tests only)
 
     cfg = stylizer.cfg
     total = work.finished_count
@@ -102,17 +75,16 @@ def run_passes(info, stylizer, work: WorkDir, working: tuple[int, int], *, progr
         manifest = {key: work.manifest.get(key) for key in _INHERITED}
         manifest.update(passes_pass=p, direction="backward" if p % 2 == 0 else "forward",
                         frame_count=total, built_on=_digest(previous))
-        path = work.path / f"pass{p}"
+        path = pass_dir(work.path, p)
         # A pass built on other frames of the pass before (e.g. redone after damage) is set aside and redone.
-        stale = ((path / "manifest.json").is_file()
-                 and WorkDir.read_manifest(path).get("built_on") != manifest["built_on"])
-        pass_work = WorkDir.open(path, manifest, restart=stale)
+        stale = has_manifest(path) and WorkDir.read_manifest(path).get("built_on") != manifest["built_on"]
+        pass_work = WorkDir.open(path, manifest, restart=stale, kill_point=kill_point)
         if pass_work.finished_count < total:
             if sources is None:
                 sources = _working_frames(info, working, total)
             done += _run_pass(p, order, stylizer, pass_work, previous, sources, pts, progress=progress,
-                              verbose=verbose, kill_point=_test_kill_point)
-        previous = PassFrames(pass_work, order, work)
+                              verbose=verbose, kill_point=kill_point)
+        previous = OrderedFrames(pass_work, order, work)
     return previous, done
 
 
@@ -132,42 +104,40 @@ def _working_frames(info, working: tuple[int, int], total: int) -> list[np.ndarr
     return frames
 
 
-def _run_pass(p: int, order: list[int], stylizer, pass_work: WorkDir, previous, sources: list[np.ndarray],
-              pts: list[int], *, progress, verbose: bool, kill_point) -> int:
+def _run_pass(p: int, order: list[int], stylizer: Stylizer, pass_work: WorkDir, previous,
+              sources: list[np.ndarray], pts: list[int], *, progress, verbose: bool, kill_point: KillPoint) -> int:
     """Optimise and journal the unfinished positions of pass ``p``; returns how many were done."""
     cfg = stylizer.cfg
     device = stylizer.device
     iterations = cfg.iters if cfg.pass_iters is None else cfg.pass_iters
-    estimator = FlowEstimator(cfg.flow, device="cpu" if cfg.flow in ("dis", "farneback") else "auto")
+    estimator = FlowEstimator(cfg.flow, device=device)  # the run's --device (OpenCV flows: the CPU)
     start = pass_work.finished_count
     neighbour = None  # the last frame done in this pass, as saved, in the optimised space
     if start > 0:
-        neighbour = stylizer.to_optimised(images.to_tensor(pass_work.read_frame(start - 1), device))
+        neighbour = stylizer.read_back(pass_work.read_frame(start - 1))
     bar = progress(total=len(order), initial=start) if progress else None
     done = 0
     try:
         for j in range(start, len(order)):
             t = order[j]
-            content = images.to_tensor(sources[t], device)
-            target = stylizer.to_optimised(content)
-            init = stylizer.to_optimised(images.to_tensor(previous.read_frame(t), device))
-            temporal = ()
-            if j > 0:
+
+            def start_from(target, j=j, t=t):
+                init = stylizer.read_back(previous.read_frame(t))
+                if j == 0:
+                    return init, ()
                 n = order[j - 1]
                 flow = estimator(sources[t], sources[n])  # t -> n on frame t's grid
                 mask = mask_tensor(reliability_mask(flow, estimator(sources[n], sources[t])), device)
                 warped = warp_previous(neighbour, flow)
                 weight = cfg.pass_blend * mask
                 init = (init + weight * warped) / (1 + weight)
-                if cfg.temporal_weight > 0:
-                    temporal = (TemporalTerm(warped, mask, cfg.temporal_weight),)
-            result = stylizer.stylise(target, init, iterations=iterations, temporal=temporal,
-                                      warm_started=True, evaluate_result=False)
-            kill_point(f"pass{p}-frame", j)
-            rgb = images.to_uint8(stylizer.finish(result.image, content, t))
-            pass_work.write_frame(j, pts[t], rgb)
+                return init, ((TemporalTerm(warped, mask, cfg.temporal_weight),) if cfg.temporal_weight > 0 else ())
+            step = stylizer.step(sources[t], t, start_from, iterations=iterations, warm_started=True,
+                                 after_optimise=lambda: kill_point(f"pass{p}-frame", j))
+            result = step.result
+            pass_work.write_frame(j, pts[t], step.rgb)
             kill_point(f"pass{p}-journal", j)
-            neighbour = stylizer.to_optimised(images.to_tensor(rgb, device))
+            neighbour = step.previous
             done += 1
             if verbose:
                 log.info("pass %d, frame %d: %s (%d it)", p, t,
@@ -184,13 +154,11 @@ def _run_pass(p: int, order: list[int], stylizer, pass_work: WorkDir, previous, 
 def last_pass_frames(workdir: str | os.PathLike) -> list[np.ndarray] | None:
     """The frames of the last finished later pass of a kept work dir, in source order; None when the run
     had a single pass (its frames are ``WORKDIR/frames``) or no later pass is complete."""
-    root = Path(workdir)
-    found = sorted((int(p.name[4:]), p) for p in root.glob("pass*") if p.name[4:].isdigit())
-    for p, path in reversed(found):
+    for p, path in reversed(pass_dirs(workdir)):
         manifest = WorkDir.read_manifest(path)
         total = manifest.get("frame_count")
         work = WorkDir.open(path, manifest)
         if total and work.finished_count == total:
-            view = PassFrames(work, pass_order(total, p), work)
+            view = OrderedFrames(work, pass_order(total, p), work)
             return [view.read_frame(t) for t in range(total)]
     return None

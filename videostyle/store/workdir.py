@@ -8,6 +8,14 @@ Layout::
     WORKDIR/journal.jsonl      one fsynced line per finished frame: {"index", "pts", "sha256"}
     WORKDIR/frames/%06d.png    stylised frames at the working resolution, 8-bit RGB
     WORKDIR/lock               ``flock``ed by the run using the dir (holds its pid): one run at a time
+    WORKDIR/pass<P>/           ``--passes``: a work dir of its own per later pass (frames in processing
+                               order; :class:`OrderedFrames` reads them by source index)
+    WORKDIR/segments/<F>-<S>/  ``--ray``: a work dir of its own per segment (its frames indexed from the
+                               segment's first; :class:`OffsetFrames` reads them by source index), with
+                               ``attempts.jsonl``, one line per task attempt
+
+This module is the only one that knows these names: everyone else asks it (:func:`pass_dir`,
+:func:`segment_dir`, :func:`journaled_count`, ...). See docs/ARCHITECTURE.md for the guarantees.
 
 A frame counts as finished only when its PNG was written to a temp name (``%06d.png.tmp``), fsynced,
 renamed into place (``os.replace``), and its journal line was fsynced after that. On open, every
@@ -34,21 +42,25 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, Sequence
 
 import numpy as np
 from PIL import Image
 
 from videostyle.errors import OutputError, ResumeError
+from videostyle.faults import KillPoint, never
 from videostyle.paths import write_atomic
 
 MANIFEST = "manifest.json"
 JOURNAL = "journal.jsonl"
 FRAMES = "frames"
 LOCK = "lock"
+SEGMENTS = "segments"
+ATTEMPTS = "attempts.jsonl"
+PASS_PREFIX = "pass"
 MANIFEST_VERSION = 1
 
 # Manifest keys a resume must match, with the words used to tell the user what differs.
@@ -108,8 +120,11 @@ class WorkDir:
     """A run's work dir (see module docstring). Create or resume with :meth:`open`."""
 
     def __init__(self, path: Path, manifest: dict, entries: dict[int, JournalEntry], *,
-                 lock_fd: int | None = None, fresh: bool = False, made: bool = False):
+                 lock_fd: int | None = None, fresh: bool = False, made: bool = False,
+                 kill_point: KillPoint = never):
+        """Not for direct use: :meth:`open` (to write) and :meth:`view` (to read) make the checks."""
         self.path = path
+        self._kill_point = kill_point  # tests only: videostyle.faults
         self.manifest = manifest
         self.entries = entries
         self._lock_fd = lock_fd  # the flock'ed WORKDIR/lock (None: not held, a read-only view)
@@ -118,7 +133,8 @@ class WorkDir:
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike, manifest: dict, *, restart: bool = False) -> "WorkDir":
+    def open(cls, path: str | os.PathLike, manifest: dict, *, restart: bool = False,
+             kill_point: KillPoint = never) -> "WorkDir":
         """Create ``path`` with ``manifest``, or resume it when its manifest matches; either way locked
         for this process until :meth:`close` (use the work dir as a context manager).
 
@@ -156,9 +172,9 @@ class WorkDir:
                 (path / JOURNAL).unlink(missing_ok=True)
                 _write_atomic(path / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
                 _fsync_dir(path)
-                return cls(path, manifest, {}, lock_fd=lock_fd, fresh=True, made=made)
+                return cls(path, manifest, {}, lock_fd=lock_fd, fresh=True, made=made, kill_point=kill_point)
             entries, clean = cls._read_journal(path)
-            work = cls(path, old, entries, lock_fd=lock_fd)
+            work = cls(path, old, entries, lock_fd=lock_fd, kill_point=kill_point)
             lock_fd = None  # the work dir closes it now
             work._drop_unverified(rewrite=not clean)
             return work
@@ -251,7 +267,20 @@ class WorkDir:
             entries[entry.index] = entry
         return entries, clean
 
-    def _drop_unverified(self, *, rewrite: bool = False) -> None:
+    @classmethod
+    def view(cls, path: str | os.PathLike) -> "WorkDir":
+        """A work dir to read only (no lock; nothing is written), after the checks :meth:`open` makes:
+        no links inside it, a readable manifest, and only the journaled frames whose bytes match their
+        sha256 (the prefix ``0 .. finished_count-1``)."""
+        path = Path(path)
+        _refuse_links(path)
+        manifest = cls.read_manifest(path)
+        entries, _ = cls._read_journal(path)
+        work = cls(path, manifest, entries)
+        work._drop_unverified(write=False)
+        return work
+
+    def _drop_unverified(self, *, rewrite: bool = False, write: bool = True) -> None:
         """Keep the longest prefix 0..n-1 of frames whose bytes match the journal.
 
         The journal is rewritten (atomically) when frames were dropped or ``rewrite`` is set (a torn
@@ -271,6 +300,8 @@ class WorkDir:
             index += 1
         if rewrite or len(verified) != len(self.entries):
             self.entries = verified
+            if not write:
+                return
             text = "".join(json.dumps(e.__dict__) + "\n" for e in verified.values())
             _write_atomic(self.path / JOURNAL, text.encode())
 
@@ -290,8 +321,8 @@ class WorkDir:
         data = encode_png(rgb)
         entry = JournalEntry(index, int(pts), hashlib.sha256(data).hexdigest())
         try:
-            _write_atomic(self.frame_path(index), data, before_rename=lambda: _test_kill_point("tmp", index))
-            _test_kill_point("renamed", index)
+            _write_atomic(self.frame_path(index), data, before_rename=lambda: self._kill_point("tmp", index))
+            self._kill_point("renamed", index)
             fd = os.open(self.path / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o644)
             with os.fdopen(fd, "a") as fh:
@@ -382,13 +413,6 @@ def _short(value) -> str:
     else:
         text = str(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _test_kill_point(point: str, index: int) -> None:
-    """TEST-ONLY, as ``pipeline._test_kill_point``: ``VIDEOSTYLE_TEST_KILL_AT=tmp:N`` SIGKILLs this process
-    with frame N's temp file complete, ``renamed:N`` with it renamed into place but not yet journaled."""
-    if os.environ.get("VIDEOSTYLE_TEST_KILL_AT") == f"{point}:{index}":
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _recorded(manifest: dict, key: str):
@@ -483,3 +507,125 @@ def _reason(exc: BaseException) -> str:
     """One-line reason of an OS or parse error."""
     text = getattr(exc, "strerror", None) or str(exc)
     return " ".join(str(text).split())
+
+
+# -- what else lives in a work dir: the only module that spells these names ----------------------------
+
+def journaled_count(path: str | os.PathLike) -> int:
+    """Journal lines of the work dir ``path`` (not verified: for progress bars and estimates only)."""
+    try:
+        with open(Path(path) / JOURNAL, "rb") as fh:
+            return sum(1 for line in fh if line.endswith(b"\n"))
+    except OSError:
+        return 0
+
+
+def frames_on_disk(path: str | os.PathLike) -> int:
+    """Frame files in the work dir ``path`` (0 when there is none): what a resume need not make again."""
+    path = Path(path)
+    return len(list((path / FRAMES).glob("*.png"))) if path.is_dir() else 0
+
+
+def frames_dir(path: str | os.PathLike) -> Path | None:
+    """The frames folder of the work dir ``path`` (PNG frames in index order), None when it has none."""
+    folder = Path(path) / FRAMES
+    return folder if folder.is_dir() else None
+
+
+def has_manifest(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a work dir with a manifest (something a resume can start from)."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+def segment_dir(root: str | os.PathLike, name: str) -> Path:
+    """The work dir of segment ``name`` of a Ray run whose work dir is ``root``."""
+    return Path(root) / SEGMENTS / name
+
+
+def pass_dir(root: str | os.PathLike, p: int) -> Path:
+    """The work dir of pass ``p`` (2, 3, ...) of the run whose work dir is ``root``."""
+    return Path(root) / f"{PASS_PREFIX}{p}"
+
+
+def pass_dirs(root: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(p, dir)`` of every later pass kept in the work dir ``root``, by ``p``."""
+    root = Path(root)
+    return sorted((int(d.name[len(PASS_PREFIX):]), d) for d in root.glob(PASS_PREFIX + "*")
+                  if d.name[len(PASS_PREFIX):].isdigit())
+
+
+def log_attempt(work: "WorkDir", **fields) -> None:
+    """Append one JSON line to the work dir's attempts log (a Ray segment's task attempts)."""
+    line = json.dumps(fields)
+    fd = os.open(work.path / ATTEMPTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
+    with os.fdopen(fd, "a") as fh:  # never through a link planted in the work dir
+        fh.write(line + "\n")
+
+
+class FrameStore(Protocol):
+    """What the chain, the frame writer and the encoders need of stored frames, by SOURCE index:
+    :class:`WorkDir` itself, :class:`OffsetFrames` (a Ray segment) or :class:`OrderedFrames` (a pass)."""
+
+    path: Path
+
+    @property
+    def finished_count(self) -> int: ...
+
+    @property
+    def entries(self) -> dict[int, JournalEntry]: ...
+
+    def read_frame(self, index: int) -> np.ndarray: ...
+
+
+class OffsetFrames:
+    """A segment's :class:`WorkDir` seen with source indices: source frame ``first + j`` is the work dir's
+    frame ``j`` (what :func:`videostyle.run.chain.run_chain` writes and reads)."""
+
+    def __init__(self, work: "WorkDir", first: int):
+        self.work, self.first = work, first
+        self.path = work.path
+
+    @property
+    def finished_count(self) -> int:
+        return self.first + self.work.finished_count
+
+    @property
+    def entries(self) -> dict[int, JournalEntry]:
+        return {self.first + j: e for j, e in self.work.entries.items()}
+
+    @property
+    def manifest(self) -> dict:
+        return self.work.manifest
+
+    def read_frame(self, index: int) -> np.ndarray:
+        return self.work.read_frame(index - self.first)
+
+    def write_frame(self, index: int, pts: int, rgb: np.ndarray) -> None:
+        self.work.write_frame(index - self.first, pts, rgb)
+
+
+class OrderedFrames:
+    """The frames of one pass by SOURCE index, its work dir holding them in processing order.
+
+    Args:
+        work: the pass's work dir (position ``j`` holds source frame ``order[j]``).
+        order: ``order[j]`` = source index of position j.
+        root: the run's work dir (named in messages: that is what `videostyle resume` takes).
+    """
+
+    def __init__(self, work: "WorkDir", order: Sequence[int], root: "WorkDir"):
+        self.work = work
+        self.position = {t: j for j, t in enumerate(order)}
+        self.path = root.path
+
+    @property
+    def finished_count(self) -> int:
+        return self.work.finished_count
+
+    @property
+    def entries(self) -> dict[int, JournalEntry]:
+        return {t: self.work.entries[j] for t, j in self.position.items() if j in self.work.entries}
+
+    def read_frame(self, t: int) -> np.ndarray:
+        return self.work.read_frame(self.position[t])

@@ -20,6 +20,7 @@ from videostyle.errors import InputError
 from videostyle.model.metrics import temporal_warping_error
 from videostyle.media.decode import iter_frames
 from videostyle.media.probe import probe_video
+from videostyle.store.workdir import frames_dir
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,13 @@ def read_frames(path: str | os.PathLike) -> list[np.ndarray]:
     """
     folder = Path(path)
     if folder.is_dir():
-        if (folder / "frames").is_dir():
+        frames = frames_dir(folder)
+        if frames is not None:  # a work dir
             from videostyle.run.passes import last_pass_frames
             later = last_pass_frames(folder)  # a multi-pass run: its last pass is the result
             if later is not None:
                 return later
-            folder = folder / "frames"
+            folder = frames
         files = sorted(folder.glob("*.png"))
         if not files:
             raise InputError(f"expected a video file or a directory of PNG frames; {str(path)!r} has no .png files")
@@ -74,7 +76,7 @@ def evaluate_frames(stylised: list[np.ndarray], source: list[np.ndarray], *, sty
         return Evaluation(errors)
     from videostyle.config import StyleConfig
     from videostyle.model.optimise import FrameObjective
-    from videostyle.run.chain import Stylizer, pick_device
+    from videostyle.step import Stylizer, pick_device
 
     h, w = stylised[0].shape[:2]
     cfg = StyleConfig(styles=tuple(styles), weights=weights, model=model, size=max(h, w))

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from videostyle import images
+from videostyle import config
 from videostyle.config import StyleConfig
 from videostyle.errors import InputError
 from videostyle.paths import style_inputs
@@ -76,25 +77,22 @@ def _time_of_middle_frame(info) -> float:
 def preview_frame(video: str | os.PathLike, output: str | os.PathLike, cfg: StyleConfig, *,
                   at: float | None = None, device: str = "auto", precision: str = "fp32") -> Shot:
     """Stylise the frame nearest ``at`` alone (``cfg.iters_first`` iterations) into the image ``output``."""
-    from videostyle.run.chain import check_image_output, pick_device, stylise_still
+    from videostyle.run.plan import check_image_output
+    from videostyle.step import pick_device, stylize_still
 
     output = check_image_output(output, inputs=[("input video", video), *style_inputs(cfg)])
     frame, t = frame_at(video, at)
     t0 = time.monotonic()
-    rgb, _ = stylise_still(frame.rgb, cfg, device=pick_device(device), precision=precision)
+    rgb, _ = stylize_still(frame.rgb, cfg, device=pick_device(device), precision=precision)
     seconds = time.monotonic() - t0
     images.save_image_atomic(rgb, output)
     return Shot(t, seconds, (rgb.shape[1], rgb.shape[0]))
 
 
-# StyleConfig field -> `videostyle stylize` flag, for the fields the preview's options set.
-_FLAGS = {"style_weights": "--style-weights", "size": "--size", "style_scale": "--style-scale",
-          "optimizer": "--optimizer", "learning_rate": "--lr", "content_weight": "--content-weight",
-          "style_weight": "--style-weight", "tv_weight": "--tv-weight", "content_layers": "--content-layers",
-          "style_layers": "--style-layers", "pooling": "--pooling", "init_first": "--init-first",
-          "tol_loss_relative": "--tol", "lbfgs_history": "--lbfgs-history", "weights": "--weights",
-          "model": "--model", "seed": "--seed", "mask": "--mask", "mask_feather": "--mask-feather",
-          "octaves": "--octaves", "range_weight": "--range-weight"}
+# The StyleConfig fields the preview's options set, shown as `videostyle stylize` flags (config.SETTINGS).
+_FIELDS = ("style_weights", "size", "style_scale", "optimizer", "learning_rate", "content_weight", "style_weight",
+           "tv_weight", "content_layers", "style_layers", "pooling", "init_first", "tol_loss_relative",
+           "lbfgs_history", "weights", "model", "seed", "mask", "mask_feather", "octaves", "range_weight")
 
 
 def _shown(value) -> str:
@@ -112,7 +110,8 @@ def stylize_command(video: str | os.PathLike, cfg: StyleConfig) -> str:
     argv = ["videostyle", "stylize", str(video), "--style", ",".join(cfg.styles)]
     if (cfg.iters_first, cfg.iters) != (default.iters_first, default.iters):
         argv += ["--iters", f"{cfg.iters_first}" if cfg.iters_first == cfg.iters else f"{cfg.iters_first},{cfg.iters}"]
-    for name, flag in _FLAGS.items():
+    for name in _FIELDS:
+        flag = config.flag(StyleConfig, name)
         value = getattr(cfg, name)
         if value != getattr(default, name) and value not in (None, ()):
             argv += [flag, _shown(value)]

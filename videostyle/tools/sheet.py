@@ -93,7 +93,8 @@ def contact_sheet(video: str | os.PathLike, output: str | os.PathLike, cfg: Styl
                   device: str = "auto", precision: str = "fp32") -> SheetResult:
     """Render the frame nearest ``at`` with each of ``cfg.styles`` (alone, no blend) and each weight
     combination into the PNG ``output`` (see module docstring)."""
-    from videostyle.run.chain import check_image_output, pick_device, stylise_still
+    from videostyle.run.plan import check_image_output
+    from videostyle.step import pick_device, stylize_still
     from videostyle.tools.preview import frame_at
 
     output = check_image_output(output, inputs=[("input video", video), *style_inputs(cfg)])
@@ -109,7 +110,7 @@ def contact_sheet(video: str | os.PathLike, output: str | os.PathLike, cfg: Styl
         row = [(_thumbnail(images.load_image(style), working), f"style {name}")]
         for cw, sw in combos:
             one = replace(cfg, styles=(style,), style_weights=(), content_weight=cw, style_weight=sw)
-            rgb, _ = stylise_still(frame.rgb, one, device=dev, precision=precision)
+            rgb, _ = stylize_still(frame.rgb, one, device=dev, precision=precision)
             row.append((rgb, f"{name} c{cw:g} s{sw:g}"))
         cells.append(row)
     sheet = compose(cells, working)

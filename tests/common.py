@@ -138,7 +138,7 @@ def make_clip(
 
     options = {"movflags": "+faststart"} if faststart else {}
     with av.open(str(path), "w", format=fmt, options=options) as out:
-        # Every stream is added before the first mux (see DESIGN.md: "Cannot rebase to zero time").
+        # Every stream is added before the first mux (see docs/ARCHITECTURE.md: "Cannot rebase to zero time").
         vstream = out.add_stream("libx264", rate=fps)
         vstream.width, vstream.height = width, height
         odd = width % 2 or height % 2
@@ -173,11 +173,11 @@ def make_clip(
         a_start = start_s if audio_start_s is None else Fraction(audio_start_s).limit_denominator(1000)
         a_end = end_s + Fraction(audio_extra_s).limit_denominator(1000)
         for k, astream in enumerate(astreams):
-            _write_sine(out, astream, a_start, a_end, audio_channels, phase=k)
+            write_sine(out, astream, a_start, a_end, audio_channels, phase=k)
     return path
 
 
-def _write_sine(out, astream, start_s: Fraction, end_s: Fraction, channels: int, *, phase: int) -> None:
+def write_sine(out, astream, start_s: Fraction, end_s: Fraction, channels: int, *, phase: int) -> None:
     """Mux a 440 Hz sine from ``start_s`` to ``end_s`` seconds in 1024-sample float frames."""
     total = int(round((end_s - start_s) * AUDIO_RATE))
     first = int(round(start_s * AUDIO_RATE))
@@ -201,7 +201,7 @@ def make_audio_only(path: str | Path, *, seconds: float = 0.5) -> Path:
     with av.open(str(path), "w", format="mp4") as out:
         astream = out.add_stream("aac", rate=AUDIO_RATE)
         astream.layout = "mono"
-        _write_sine(out, astream, Fraction(0), Fraction(seconds).limit_denominator(1000), 1, phase=0)
+        write_sine(out, astream, Fraction(0), Fraction(seconds).limit_denominator(1000), 1, phase=0)
     return path
 
 
@@ -371,3 +371,40 @@ def full_disk_on_write(monkeypatch, limit: int) -> list[FullDisk]:
 
     monkeypatch.setattr(av, "open", open_on_full_disk)
     return disks
+
+
+# --- helpers the test files share ------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout whose videostyle the tests run
+
+
+def repo_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess that must import this checkout's videostyle (not whatever an
+    editable install points at), plus ``extra``."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def decoded_rgb(video: str | os.PathLike) -> list[np.ndarray]:
+    """Every frame of ``video``'s first video stream as ``(H, W, 3)`` uint8 RGB, in decode order."""
+    with av.open(str(video)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def decoded_with_pts(video: str | os.PathLike) -> list[tuple[int, np.ndarray]]:
+    """``(pts, rgb)`` of every frame of ``video``'s first video stream."""
+    with av.open(str(video)) as container:
+        return [(f.pts, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+
+
+def decoded_seconds_and_rgb(video: str | os.PathLike) -> tuple[list[float], list[np.ndarray]]:
+    """Frame times (s) and frames ``(H, W, 3)`` uint8 RGB of ``video``'s first video stream."""
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        frames = list(container.decode(stream))
+        return [float(f.pts * stream.time_base) for f in frames], [f.to_ndarray(format="rgb24") for f in frames]
+
+
+def workdir_frames(folder: str | os.PathLike) -> dict[str, bytes]:
+    """The frame files of a work dir (``folder/frames/*.png``) by name, with their bytes."""
+    return {p.name: p.read_bytes() for p in sorted((Path(folder) / "frames").glob("*.png"))}

@@ -1,0 +1,74 @@
+"""The library's entry points, and the only place that chooses how a video run is carried out:
+
+- ``opts.ray`` set: segments of the video as Ray tasks (:mod:`videostyle.run.distributed`);
+- otherwise the chain in this process (:mod:`videostyle.run.chain`), followed by
+  :func:`videostyle.run.passes.run_passes` when ``cfg.passes > 1``.
+
+The test kill points (:mod:`videostyle.faults`) are handed down from here too.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from videostyle import faults, images
+from videostyle.config import RunOptions, StyleConfig
+from videostyle.errors import ResumeError
+from videostyle.paths import style_inputs
+from videostyle.run import chain
+from videostyle.run.plan import ProgressFactory, RunSummary, check_image_output, plan_run, snapshot_writer
+from videostyle.step import check_image_shape, pick_device, stylize_still
+from videostyle.store.snapshots import check_snapshots_not_inputs
+from videostyle.store.workdir import WorkDir
+
+
+def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: StyleConfig,
+                  opts: RunOptions = RunOptions(), *, progress: ProgressFactory | None = None) -> RunSummary:
+    """Stylise ``source`` into ``output`` (MP4/MOV/MKV), resuming from the work dir when possible.
+
+    Args:
+        progress: optional ``tqdm``-like factory called as ``progress(total=..., initial=...)``; the
+            returned object gets ``update(1)``, ``set_postfix_str(str)`` and ``close()``.
+    """
+    if opts.ray is not None:  # many workers: segments of the video as Ray tasks
+        from videostyle.run.distributed import stylize_video_ray
+        return stylize_video_ray(source, output, cfg, opts, progress=progress, kill_at=faults.armed())
+    plan = plan_run(source, output, cfg, opts)
+    later = None
+    if plan.cfg.passes > 1:
+        from videostyle.run.passes import run_passes as later
+    return chain.stylize_local(plan, opts, progress=progress, later_passes=later, kill_point=faults.kill_point)
+
+
+def resume_video(workdir: str | os.PathLike, *, device: str | None = None,
+                 progress: ProgressFactory | None = None) -> RunSummary:
+    """Resume the run whose work dir is ``workdir``, from its manifest alone."""
+    manifest = WorkDir.read_manifest(workdir)
+    try:
+        cfg = StyleConfig.from_dict(manifest["config"])
+        opts = RunOptions(**manifest["run_options"])
+        source, output = manifest["source"], manifest["output"]
+    except (KeyError, TypeError) as exc:
+        raise ResumeError(f"work dir {str(workdir)!r} has an incomplete manifest (missing {exc}); "
+                          f"rerun the original stylize command instead") from exc
+    opts = replace(opts, workdir=str(workdir), device=device or opts.device)
+    return stylize_video(source, output, cfg, opts, progress=progress)
+
+
+def stylize_image(source: str | os.PathLike, output: str | os.PathLike, cfg: StyleConfig,
+                  opts: RunOptions = RunOptions()) -> dict[str, float]:
+    """Stylise one image; writes a PNG (or any format Pillow knows by extension) at the working size.
+
+    Returns the final loss terms.
+    """
+    inputs = [("input image", source), *style_inputs(cfg)]
+    output = check_image_output(output, inputs=inputs)
+    check_snapshots_not_inputs(output, opts.save_every, inputs)
+    rgb = images.load_image(source)
+    check_image_shape("image", source, (rgb.shape[1], rgb.shape[0]), cfg.size, cfg)
+    out, losses = stylize_still(rgb, cfg, device=pick_device(opts.device),
+                                snapshots=snapshot_writer(output, opts.save_every), precision=opts.precision,
+                                tile=opts.tile, max_memory=opts.max_memory)
+    images.save_image_atomic(out, output)
+    return losses
