@@ -50,6 +50,15 @@ def _path_list(text: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (text or "").split(",") if p.strip())
 
 
+def _time_s(text: str) -> float:
+    """``SS``, ``MM:SS`` or ``HH:MM:SS(.fff)`` -> seconds (--start, --duration)."""
+    from .video.probe import parse_time
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -209,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=1,
                    help="frames journaled together (default 1); a finished batch is never redone")
     e.add_argument("--save-every", type=_non_negative_int, default=0, metavar="N", help=_SAVE_EVERY_HELP)
+    c = s.add_argument_group("part of the video")
+    c.add_argument("--start", type=_time_s, default=0.0, metavar="TIME",
+                   help="stylise from this time on: SS, MM:SS or HH:MM:SS(.fff) after the first frame "
+                        "(default 0); the output, and its audio, start at 0")
+    c.add_argument("--duration", type=_time_s, default=None, metavar="TIME",
+                   help="stylise this long from --start (SS, MM:SS or HH:MM:SS(.fff); default: to the end); "
+                        "the audio is cut to match")
     _add_ray_options(s)
 
     r = sub.add_parser("resume", parents=[common], help="resume an interrupted run from its work dir")
@@ -361,8 +377,17 @@ def _progress_factory(quiet: bool):
 
     def factory(total, initial):
         return tqdm(total=total, initial=initial, unit="frame", dynamic_ncols=True, file=sys.stderr,
-                    smoothing=0.1)
+                    smoothing=0.1, bar_format=_bar_format(total))
     return factory
+
+
+def _bar_format(total) -> str | None:
+    """tqdm's own format, with ``~`` before the total and the ETA when the total is an estimate
+    (:class:`~videostyle.pipeline.EstimatedCount`: the container states no frame count)."""
+    from .pipeline import EstimatedCount
+    if not isinstance(total, EstimatedCount):
+        return None
+    return "{l_bar}{bar}| {n_fmt}/~{total_fmt} [{elapsed}<~{remaining}, {rate_fmt}{postfix}]"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -395,7 +420,7 @@ def _run(args: argparse.Namespace) -> int:
                       keep_workdir=args.keep_workdir, batch_size=args.batch_size, precision=args.precision,
                       save_every=args.save_every, ray=args.ray, segment_frames=args.segment_frames,
                       segment_overlap=args.segment_overlap, ray_cpus=args.ray_cpus, scene_cuts=args.scene_cuts,
-                      tile=args.tile, max_memory=args.max_memory)
+                      tile=args.tile, max_memory=args.max_memory, start=args.start, duration=args.duration)
     args.workdir_shown = args.workdir or str(pipeline.default_workdir(Path(output)))
     summary = pipeline.stylize_video(args.input, output, cfg, opts, progress=_progress_factory(args.quiet))
     _report(summary, args.quiet)
@@ -424,7 +449,7 @@ def _preview_or_sheet(args: argparse.Namespace) -> int:
             print(f"wrote {output}: frame at {shot.time_s:.3f} s stylised in {shot.seconds:.1f} s "
                   f"({cfg.iters_first} iterations at {shot.size[0]}x{shot.size[1]} px)")
             print("to stylise the video with these settings:")
-        print(preview.stylize_command(args.input, cfg))
+        print(preview.stylize_command(args.input, cfg, output=_default_output(args.input, cfg.styles, ".mp4")))
         return 0
     from . import sheet
 
@@ -580,6 +605,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{PROG}: warning: {message}", file=sys.stderr)
     # SIGTERM stops like Ctrl-C: the frame in progress is dropped, finished frames stay journaled.
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # SIGINT too, whatever it was: a shell starts background jobs (`cmd &`) with SIGINT ignored, and
+    # Python then leaves it ignored, so `kill -INT` did nothing.
+    previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     # FFmpeg's raw lines ("error while decoding MB 0 11 ...") are counted, not shown (unless -v/--debug):
     # our own warnings and errors say what they mean, and the run ends on our line.
     from .video.probe import FFMPEG_LOG
@@ -609,6 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
+        signal.signal(signal.SIGINT, previous_sigint)
         libav.propagate = previous_propagate
 
 

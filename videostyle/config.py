@@ -176,8 +176,9 @@ class StyleConfig:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How a run is executed; none of these change the stylised frames' pixels, except ``precision``,
-    which the manifest records on its own for a resume to match (``journal._MUST_MATCH``)."""
+    """How a run is executed; none of these change the stylised frames' pixels, except ``precision``
+    and the cut (``start``, ``duration``), which the manifest records on their own for a resume to match
+    (``journal._MUST_MATCH``)."""
 
     device: str = "auto"
     crf: int = 18
@@ -205,6 +206,10 @@ class RunOptions:
     ray_cpus: int = 1
     scene_cuts: bool = True
     save_every: int = 0           # first frame's image every N iterations beside the output (0: off)
+    # The part of the video to stylise (--start/--duration, seconds from the first frame; None: to the
+    # end). It decides which frames are made, so the manifest records it on its own for a resume to match.
+    start: float = 0.0
+    duration: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -16,6 +16,7 @@ import platform
 import shlex
 import shutil
 import signal
+import sys
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -44,7 +45,7 @@ from .tiled import TILE_HALO, TiledObjective
 from .timing import PHASES
 from .video.decode import FramePrefetcher, iter_frames
 from .video.encode import check_encoder_options, check_output_path, remove_partial_outputs
-from .video.probe import VideoInfo, probe_video
+from .video.probe import VideoInfo, cut_seconds, dropped_streams_note, probe_video, with_cut
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,7 @@ def build_manifest(cfg: StyleConfig, info: VideoInfo, weights_id: str, working: 
         "frame_count_estimate": estimated_frame_count(info),
         "versions": package_versions(),
         "precision": opts.precision,  # changes pixels: a resume must match it (journal._MUST_MATCH)
+        "cut": [info.cut.start_s, info.cut.duration_s] if info.cut is not None else None,  # the same
     }
 
 
@@ -264,13 +266,21 @@ def package_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+class EstimatedCount(int):
+    """A frame count that is an estimate (no count in the container): a progress bar shows it as ``~N``."""
+
+
 def estimated_frame_count(info: VideoInfo) -> int | None:
-    """The container's frame count, else duration x average rate (MKV states no count), else None."""
-    if info.frame_count:
+    """The container's frame count (an ``int``); else an :class:`EstimatedCount`: duration x average rate
+    (MKV states no count), or the count from the packets (``info.frame_count_estimate``: no duration
+    either, as a browser's WebM); else None. With a cut, the frames of the cut."""
+    if info.frame_count and info.cut is None:
         return info.frame_count
-    duration = info.video_duration_s if info.video_duration_s is not None else info.duration_s
+    duration = cut_seconds(info)
     if duration and info.average_rate:
-        return max(1, round(duration * float(info.average_rate)))
+        return EstimatedCount(max(1, round(duration * float(info.average_rate))))
+    if info.frame_count_estimate:
+        return EstimatedCount(info.frame_count_estimate)
     return None
 
 
@@ -283,6 +293,9 @@ def stylize_video(source: str | os.PathLike, output: str | os.PathLike, cfg: Sty
             returned object gets ``update(1)``, ``set_postfix_str(str)`` and ``close()``.
     """
     if opts.ray is not None:  # many workers: segments of the video as Ray tasks (videostyle.distributed)
+        if opts.start or opts.duration is not None:
+            raise InputError("--start/--duration do not work with --ray yet: stylise the part in one process "
+                             "(drop --ray) or cut the video first")
         from .distributed import stylize_video_ray
         return stylize_video_ray(source, output, cfg, opts, progress=progress)
     plan = plan_run(source, output, cfg, opts)
@@ -379,7 +392,13 @@ def plan_run(source: str | os.PathLike, output: str | os.PathLike, cfg: StyleCon
     count and is left to the caller)."""
     output = Path(output)
     cfg = _with_absolute_paths(cfg)  # the manifest must work from any directory (`videostyle resume`)
-    info = probe_video(source)
+    info = with_cut(probe_video(source), opts.start, opts.duration)
+    if info.cut is not None and cfg.mask and not _opens_as_image(cfg.mask):
+        raise InputError("a video --mask does not work with --start/--duration yet (its frames are matched "
+                         "from the video's first frame); use an image mask or cut the mask video too")
+    if info.frame_count is None and cut_seconds(info) is None:
+        info = _with_packet_estimate(info)
+    note_dropped_streams(info)
     check_output_path(output, input_path=source)
     check_not_an_input(output, style_inputs(cfg))
     check_snapshots_not_inputs(output, opts.save_every, [("input video", source), *style_inputs(cfg)])
@@ -393,6 +412,29 @@ def plan_run(source: str | os.PathLike, output: str | os.PathLike, cfg: StyleCon
     check_memory((info.width, info.height), out_size)
     workdir = Path(opts.workdir) if opts.workdir else default_workdir(output)
     return RunPlan(cfg, info, output, working, out_size, workdir)
+
+
+def _opens_as_image(path: str | os.PathLike) -> bool:
+    """True when Pillow reads ``path`` (a still mask), False for anything else (a video, a missing file)."""
+    try:
+        with Image.open(path):
+            return True
+    except Exception:
+        return False
+
+
+def _with_packet_estimate(info: VideoInfo) -> VideoInfo:
+    """``info`` with ``frame_count_estimate`` from its packets (a container with neither a count nor a
+    duration, as a browser's WebM), for the progress bar's total and ETA."""
+    from .video.decode import estimate_frame_count
+    return replace(info, frame_count_estimate=estimate_frame_count(info))
+
+
+def note_dropped_streams(info: VideoInfo) -> None:
+    """Say once (stderr) which of the source's streams the output leaves out (GoPro GPMF, timecode...)."""
+    note = dropped_streams_note(info)
+    if note:
+        print(f"videostyle: note: {note}", file=sys.stderr)
 
 
 def open_run_workdir(plan: RunPlan, weights_id: str, opts: RunOptions, *,
