@@ -5,7 +5,7 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
-from clips import identify_frame, make_clip
+from clips import identify_frame, make_clip, make_clip_with_data_stream
 from PIL import Image
 
 from videostyle.cli import main
@@ -136,3 +136,16 @@ def test_progress_bar_shows_frames_and_eta_unless_quiet(tmp_path, style_png, cap
     assert main(["stylize", str(src), "--style", str(style_png), "-o", str(tmp_path / "b.mp4"),
                  "--weights", "untrained", "--size", "32", "--iters", "1", "-q"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_dropped_data_streams_are_named_in_one_line(tmp_path, style_png, capsys):
+    src = make_clip_with_data_stream(tmp_path / "gopro.mp4")
+    assert probe_video(src).other_streams == ("#1 data (bin_data, GoPro MET)",)
+    _stylize(src, tmp_path / "out.mp4", style_png)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "not copied" in line]
+    assert notes == ["videostyle: note: 1 stream of the source is not copied to the output (only the video "
+                     "and audio are): #1 data (bin_data, GoPro MET)"]
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        assert [s.type for s in container.streams] == ["video"]
+    _stylize(make_clip(tmp_path / "plain.mp4", n_frames=2), tmp_path / "plain_out.mp4", style_png)
+    assert "not copied" not in capsys.readouterr().err

@@ -382,12 +382,11 @@ def _audio_info(stream) -> AudioStreamInfo:
 
 
 def _describe_stream(stream) -> str:
-    """``"#2 data (tmcd)"``: the stream's index, type and codec tag or name."""
-    name = stream.codec_context.name if stream.codec_context is not None else None
-    tag = getattr(stream, "codec_tag", None) or ""
-    what = name or tag.strip("\x00 ") or "unknown"
+    """``"#2 data (GoPro TCD)"``: the stream's index, type, and its codec and handler names where known."""
+    codec = getattr(stream, "name", None) or (stream.codec_context.name if stream.codec_context else None)
     handler = stream.metadata.get("handler_name", "").strip()
-    return f"#{stream.index} {stream.type} ({what}{', ' + handler if handler else ''})"
+    details = ", ".join(d for d in dict.fromkeys((codec, handler)) if d)
+    return f"#{stream.index} {stream.type}" + (f" ({details})" if details else "")
 
 
 def dropped_streams_note(info: VideoInfo) -> str | None:
