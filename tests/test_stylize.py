@@ -5,7 +5,7 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
-from clips import identify_frame, make_clip, make_clip_with_data_stream
+from clips import identify_frame, make_clip, make_clip_with_data_stream, make_recording
 from PIL import Image
 
 from videostyle.cli import main
@@ -149,3 +149,13 @@ def test_dropped_data_streams_are_named_in_one_line(tmp_path, style_png, capsys)
         assert [s.type for s in container.streams] == ["video"]
     _stylize(make_clip(tmp_path / "plain.mp4", n_frames=2), tmp_path / "plain_out.mp4", style_png)
     assert "not copied" not in capsys.readouterr().err
+
+
+def test_progress_bar_shows_an_estimated_total_without_a_container_duration(tmp_path, style_png, capsys):
+    src = make_recording(tmp_path / "live.webm", video_codec="libx264", container="matroska", n_frames=5,
+                         live=True)
+    assert main(["stylize", str(src), "--style", str(style_png), "-o", str(tmp_path / "a.mp4"),
+                 "--weights", "untrained", "--size", "32", "--iters", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "5/~5 [" in err  # frames done / estimated total, with an ETA
+    assert "<~" in err
