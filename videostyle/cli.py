@@ -484,6 +484,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                                       styles=styles, weights=args.weights, model=args.model,
                                       device=args.device)
     print(evaluate.format_table(result))
+    print(evaluate.format_summary(result))
     if args.plot:
         evaluate.write_plot(result.temporal_error, args.plot)
         print(f"wrote {args.plot}")
