@@ -23,7 +23,9 @@ def test_sheet_grid_has_a_labelled_cell_per_style_and_weight_setting(tmp_path, c
     assert main(["sheet", str(clip), "--style", ",".join(styles), "--style-weight", "5,80", "--content-weight",
                  "1", "--at", "0.25", "-o", str(out), "--weights", "untrained", "--size", "64", "--iters", "8",
                  "--content-layers", "relu2_1", "--style-layers", "relu1_1,relu2_1,relu3_1"]) == 0
-    assert capsys.readouterr().out.startswith(f"wrote {out}: 2 styles x 2 weight settings")
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"wrote {out}: 2 styles x 2 weight settings")
+    assert "32/32 [" in captured.err  # the progress bar: 8 iterations x 2 styles x 2 settings
     sheet = np.asarray(Image.open(out).convert("RGB"))
     w, h = 64, 48
     rows, cols = 1 + 2, 1 + 2  # header row (content frame) + styles; style thumbnail column + settings

@@ -123,8 +123,32 @@ def test_image_command_writes_png_of_requested_size(tmp_path, style_png):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(photo)
     out = tmp_path / "photo_out.png"
     assert main(["image", str(photo), "--style", str(style_png), "-o", str(out), "--weights", "untrained",
-                 "--size", "40", "--iters", "5", "-q"]) == 0
+                 "--size", "40", "--iters", "5", "-q", "--output-size", "working"]) == 0
     assert load_image(out).shape == (26, 40, 3)  # long edge 40, aspect 2:3 kept, even sizes
+
+
+def test_image_at_the_source_size_is_refined_there_with_a_progress_bar(tmp_path, style_png, capsys):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (75, 130, 3), dtype=np.uint8)).save(photo)
+    common = ["--style", str(style_png), "--weights", "untrained", "--size", "32", "--iters", "4",
+              "--octaves", "1"]
+    plain, refined = tmp_path / "plain.png", tmp_path / "refined.png"
+    assert main(["image", str(photo), "-o", str(plain), *common, "--refine-iters", "0", "-q"]) == 0
+    assert main(["image", str(photo), "-o", str(refined), *common, "--refine-iters", "3"]) == 0
+    assert load_image(plain).shape == load_image(refined).shape == (75, 130, 3)  # odd sizes kept
+    # Refined at 64x36 and 130x75 (the source) from the upscale: not the plain bicubic upscale.
+    assert np.abs(load_image(plain).astype(int) - load_image(refined)).mean() > 1
+    err = capsys.readouterr().err
+    assert "10/10 [" in err  # 4 iterations at 32 px, then 3 at each of the two larger sizes
+    assert "it/s" in err or "s/it" in err
+
+
+def test_image_progress_counts_every_octave(tmp_path, style_png, capsys):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 256, 3), dtype=np.uint8)).save(photo)
+    assert main(["image", str(photo), "--style", str(style_png), "-o", str(tmp_path / "o.png"), "--weights",
+                 "untrained", "--size", "256", "--iters", "3", "--octaves", "2"]) == 0
+    assert "6/6 [" in capsys.readouterr().err  # 3 at 128x64, 3 at 256x128; no upscale: already the source size
 
 
 def test_progress_bar_shows_frames_and_eta_unless_quiet(tmp_path, style_png, capsys):
@@ -159,3 +183,10 @@ def test_progress_bar_shows_an_estimated_total_without_a_container_duration(tmp_
     err = capsys.readouterr().err
     assert "5/~5 [" in err  # frames done / estimated total, with an ETA
     assert "<~" in err
+
+
+def test_refine_sizes_double_then_end_at_the_source_size():
+    from videostyle.upscale import refine_sizes
+    assert refine_sizes((32, 18), (130, 75)) == [(64, 36), (130, 75)]
+    assert refine_sizes((512, 384), (4032, 3024)) == [(1024, 768), (2048, 1536), (4032, 3024)]
+    assert refine_sizes((40, 26), (40, 26)) == [] and refine_sizes((512, 340), (300, 200)) == []

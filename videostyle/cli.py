@@ -236,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("-o", "--output", help="output image (.png/.jpg); default INPUT_STYLE.png")
     _add_style_options(i, video=False)
     i.add_argument("--save-every", type=_non_negative_int, default=0, metavar="N", help=_SAVE_EVERY_HELP)
+    i.add_argument("--output-size", choices=("source", "working"), default="source",
+                   help="write at the image's own size (default: the working-size result refined at 2x steps "
+                        "up to it, see --refine-iters) or at the working size")
+    i.add_argument("--refine-iters", type=_non_negative_int, default=20, metavar="N",
+                   help="with --output-size source: iterations at each 2x step up to the image's size "
+                        "(default 20; 0: a plain bicubic upscale)")
 
     pv = sub.add_parser("preview", parents=[common], help="stylise one frame of a video quickly, to tune settings",
                         description="Stylise the frame nearest --at alone (first-frame settings), print the "
@@ -381,6 +387,18 @@ def _progress_factory(quiet: bool):
     return factory
 
 
+def _iteration_progress(quiet: bool):
+    """A factory ``progress(total)`` of bars over optimiser iterations (image, sheet), like stylize's: done,
+    seconds per iteration (or iterations per second) and the ETA, on stderr; None with ``-q``."""
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    def factory(total):
+        return tqdm(total=total, unit="it", dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+    return factory
+
+
 def _bar_format(total) -> str | None:
     """tqdm's own format, with ``~`` before the total and the ETA when the total is an estimate
     (:class:`~videostyle.pipeline.EstimatedCount`: the container states no frame count)."""
@@ -409,7 +427,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "image":
         cfg = _style_config(args, video=False)
         output = args.output or _default_output(args.input, cfg.styles, ".png")
-        losses = pipeline.stylize_image(args.input, output, cfg, opts)
+        opts = replace(opts, output_size=args.output_size)
+        losses = pipeline.stylize_image(args.input, output, cfg, opts, refine_iters=args.refine_iters,
+                                        progress=_iteration_progress(args.quiet))
         if not args.quiet:
             print(f"wrote {output} (style loss {losses['style']:.4g}, content loss {losses['content']:.4g})")
         return 0
@@ -458,7 +478,7 @@ def _preview_or_sheet(args: argparse.Namespace) -> int:
     cfg = _style_config(args, video=False)
     result = sheet.contact_sheet(args.input, args.output, cfg, content_weights=content_weights,
                                  style_weights=style_weights, at=args.at, device=args.device,
-                                 precision=args.precision)
+                                 precision=args.precision, progress=_iteration_progress(args.quiet))
     if not args.quiet:
         print(f"wrote {args.output}: {result.rows} styles x {result.columns} weight settings, frame at "
               f"{result.time_s:.3f} s, {result.seconds:.1f} s")

@@ -109,6 +109,7 @@ class Stylizer:
                                   precision=precision).to(device)
         self.colour_reference = colour_reference
         self.targets = self._style_targets(working_size)
+        self.on_step: Callable[[], None] | None = None  # called after each optimiser iteration (progress)
 
     def _style_targets(self, working_size: tuple[int, int]) -> StyleTargets:
         long_edge = max(16, int(round(max(working_size) * self.cfg.style_scale)))
@@ -176,8 +177,10 @@ class Stylizer:
         """The frame objective: VGG on the whole frame, or on tiles of ``self.tile`` px (the same
         gradient to float rounding, in bounded memory: :mod:`videostyle.tiled`)."""
         if self.tile is None or max(content.shape[-2:]) <= self.tile:
-            return FrameObjective(encoder, content, targets, weights, temporal)
-        return TiledObjective(encoder, content, targets, weights, temporal, tile=self.tile, halo=TILE_HALO)
+            objective = FrameObjective(encoder, content, targets, weights, temporal)
+        else:
+            objective = TiledObjective(encoder, content, targets, weights, temporal, tile=self.tile, halo=TILE_HALO)
+        return objective if self.on_step is None else _CountedObjective(objective, self.on_step)
 
     def to_optimised(self, image: torch.Tensor) -> torch.Tensor:
         """An RGB frame ``(1, 3, H, W)`` in [0, 1] in the space the optimiser works in: its luminance
@@ -193,6 +196,26 @@ class Stylizer:
         if self.masks is not None:
             image = composite(image, content, self.masks.tensor(index, image.device))
         return image
+
+
+class _CountedObjective:
+    """An objective that calls ``on_step()`` after each gradient evaluation (= one optimiser iteration:
+    see :func:`~videostyle.optimise.stylise_frame`), for a progress bar over iterations."""
+
+    def __init__(self, objective, on_step: Callable[[], None]):
+        self._objective = objective
+        self._on_step = on_step
+
+    def loss_and_gradient(self, image: torch.Tensor):
+        out = self._objective.loss_and_gradient(image)
+        self._on_step()
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self._objective, name)
+
+    def __call__(self, image: torch.Tensor):
+        return self._objective(image)
 
 
 @dataclass(frozen=True)
@@ -833,21 +856,46 @@ def _init_and_temporal(cfg: StyleConfig, index: int, content: torch.Tensor,
 
 
 def stylize_image(source: str | os.PathLike, output: str | os.PathLike, cfg: StyleConfig,
-                  opts: RunOptions = RunOptions()) -> dict[str, float]:
-    """Stylise one image; writes a PNG (or any format Pillow knows by extension) at the working size.
+                  opts: RunOptions = RunOptions(), *, refine_iters: int = 20,
+                  progress: ProgressFactory | None = None) -> dict[str, float]:
+    """Stylise one image; writes a PNG (or any format Pillow knows by extension) at the source's size
+    (``opts.output_size == "source"``: the working-size result refined at 2x steps by ``refine_iters``
+    iterations each, :mod:`videostyle.upscale`) or at the working size.
 
-    Returns the final loss terms.
+    ``progress``: a ``tqdm``-like factory called as ``progress(total=iterations)``; the bar gets
+    ``update(1)`` per iteration and ``close()``. Returns the working-size result's final loss terms.
     """
     inputs = [("input image", source), *style_inputs(cfg)]
     output = check_image_output(output, inputs=inputs)
     check_snapshots_not_inputs(output, opts.save_every, inputs)
     rgb = images.load_image(source)
     check_image_shape("image", source, (rgb.shape[1], rgb.shape[0]), cfg.size, cfg)
-    out, losses = stylise_still(rgb, cfg, device=pick_device(opts.device),
-                                snapshots=_snapshot_writer(output, opts.save_every), precision=opts.precision,
-                                tile=opts.tile, max_memory=opts.max_memory)
+    upscale = refine_iters if opts.output_size == "source" else None
+    bar = progress(total=still_iterations(rgb, cfg, refine_iters=upscale)) if progress else None
+    try:
+        out, losses = stylise_still(rgb, cfg, device=pick_device(opts.device),
+                                    snapshots=_snapshot_writer(output, opts.save_every), precision=opts.precision,
+                                    tile=opts.tile, max_memory=opts.max_memory, refine_iters=upscale,
+                                    on_step=(lambda: bar.update(1)) if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
     images.save_image_atomic(out, output)
     return losses
+
+
+def still_iterations(rgb: np.ndarray, cfg: StyleConfig, *, refine_iters: int | None = None) -> int:
+    """Optimiser iterations :func:`stylise_still` runs on ``rgb`` ``(H, W, 3)``: ``iters_first`` at each
+    octave, then (``refine_iters`` not None) those of the upscale to the source size."""
+    from .optimise import octave_sizes
+    from .upscale import refine_iterations
+
+    working = images.working_size(rgb.shape[1], rgb.shape[0], cfg.size)
+    octaves = len(octave_sizes(working[1], working[0], cfg.octaves)) if cfg.octaves > 1 else 1
+    total = octaves * cfg.iters_first
+    if refine_iters is not None:
+        total += refine_iterations(working, (rgb.shape[1], rgb.shape[0]), refine_iters)
+    return total
 
 
 def check_image_output(output: str | os.PathLike, *, inputs=()) -> Path:
@@ -864,20 +912,29 @@ def check_image_output(output: str | os.PathLike, *, inputs=()) -> Path:
 
 
 def stylise_still(rgb: np.ndarray, cfg: StyleConfig, *, device: torch.device, snapshots=None,
-                  precision: str = "fp32", tile: int | None = None,
-                  max_memory: int | None = None) -> tuple[np.ndarray, dict[str, float]]:
+                  precision: str = "fp32", tile: int | None = None, max_memory: int | None = None,
+                  refine_iters: int | None = None,
+                  on_step: Callable[[], None] | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """Stylise one picture ``(H, W, 3)`` uint8 alone, with the first-frame settings.
 
-    Returns the result at the working size ``(h, w, 3)`` uint8 and the final loss terms (floats).
+    Returns the result at the working size ``(h, w, 3)`` uint8 (with ``refine_iters`` not None: at
+    ``rgb``'s size, :func:`videostyle.upscale.upscale_still`, that many iterations per 2x step) and the
+    working-size result's final loss terms (floats).
     ``snapshots``: a :class:`~videostyle.snapshots.SnapshotWriter` (``--save-every``) or None.
+    ``on_step()``: called after every optimiser iteration (a progress bar).
     """
     working = images.working_size(rgb.shape[1], rgb.shape[0], cfg.size)
     content = images.to_tensor(images.resize_rgb(rgb, working), device)
     stylizer = Stylizer(cfg, device=device, working_size=working, colour_reference=content,
                         precision=precision)
     stylizer.plan_tiles(working, tile=tile, max_memory=max_memory)
+    stylizer.on_step = on_step
     target = stylizer.to_optimised(content)
     init = initial_image(cfg.init_first, content=target, generator=frame_generator(cfg.seed, 0))
     result = stylizer.stylise(target, init, iterations=cfg.iters_first,
                               on_image=_snapshot_hook(snapshots, stylizer, content))
-    return images.to_uint8(stylizer.finish(result.image, content, 0)), result.losses
+    out = images.to_uint8(stylizer.finish(result.image, content, 0))
+    if refine_iters is not None and out.shape[:2] != rgb.shape[:2]:
+        from .upscale import upscale_still
+        out = upscale_still(stylizer, rgb, out, iterations=refine_iters, tile=tile, max_memory=max_memory)
+    return out, result.losses

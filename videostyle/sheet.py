@@ -116,10 +116,13 @@ def compose(cells: Sequence[Sequence[tuple[np.ndarray | None, str]]], cell: tupl
 
 def contact_sheet(video: str | os.PathLike, output: str | os.PathLike, cfg: StyleConfig, *,
                   content_weights: Sequence[float], style_weights: Sequence[float], at: float | None = None,
-                  device: str = "auto", precision: str = "fp32") -> SheetResult:
+                  device: str = "auto", precision: str = "fp32", progress=None) -> SheetResult:
     """Render the frame nearest ``at`` with each of ``cfg.styles`` (alone, no blend) and each weight
-    combination into the PNG ``output`` (see module docstring)."""
-    from .pipeline import check_image_output, pick_device, stylise_still
+    combination into the PNG ``output`` (see module docstring).
+
+    ``progress``: a ``tqdm``-like factory called as ``progress(total=iterations)`` for all the cells; the
+    bar gets ``update(1)`` per optimiser iteration and ``close()``."""
+    from .pipeline import check_image_output, pick_device, still_iterations, stylise_still
     from .preview import frame_at
 
     output = check_image_output(output, inputs=[("input video", video), *style_inputs(cfg)])
@@ -130,14 +133,20 @@ def contact_sheet(video: str | os.PathLike, output: str | os.PathLike, cfg: Styl
     working = images.working_size(frame.rgb.shape[1], frame.rgb.shape[0], cfg.size)
     cells = [[(images.resize_rgb(frame.rgb, working), f"content t={t:.2f}s")]
              + [(None, f"content {cw:g}, style {sw:g}") for cw, sw in combos]]
-    for style in cfg.styles:
-        name = Path(style).name
-        row = [(_thumbnail(images.load_image(style), working), f"style {name}")]
-        for cw, sw in combos:
-            one = replace(cfg, styles=(style,), style_weights=(), content_weight=cw, style_weight=sw)
-            rgb, _ = stylise_still(frame.rgb, one, device=dev, precision=precision)
-            row.append((rgb, f"{name} c{cw:g} s{sw:g}"))
-        cells.append(row)
+    bar = progress(total=still_iterations(frame.rgb, cfg) * len(combos) * len(cfg.styles)) if progress else None
+    try:
+        for style in cfg.styles:
+            name = Path(style).name
+            row = [(_thumbnail(images.load_image(style), working), f"style {name}")]
+            for cw, sw in combos:
+                one = replace(cfg, styles=(style,), style_weights=(), content_weight=cw, style_weight=sw)
+                rgb, _ = stylise_still(frame.rgb, one, device=dev, precision=precision,
+                                       on_step=(lambda: bar.update(1)) if bar is not None else None)
+                row.append((rgb, f"{name} c{cw:g} s{sw:g}"))
+            cells.append(row)
+    finally:
+        if bar is not None:
+            bar.close()
     sheet = compose(cells, working)
     images.save_image_atomic(sheet, output)
     band = sheet.height // len(cells) - working[1]
