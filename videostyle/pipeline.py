@@ -89,6 +89,8 @@ class Stylizer:
     frame is larger; None: the whole frame at once.
     """
 
+    on_step: Callable[[], None] | None = None  # called after each optimiser iteration (a progress bar)
+
     def __init__(self, cfg: StyleConfig, *, device: torch.device, working_size: tuple[int, int],
                  colour_reference: torch.Tensor | None = None, precision: str = "fp32",
                  tile: int | None = None):
@@ -109,7 +111,6 @@ class Stylizer:
                                   precision=precision).to(device)
         self.colour_reference = colour_reference
         self.targets = self._style_targets(working_size)
-        self.on_step: Callable[[], None] | None = None  # called after each optimiser iteration (progress)
 
     def _style_targets(self, working_size: tuple[int, int]) -> StyleTargets:
         long_edge = max(16, int(round(max(working_size) * self.cfg.style_scale)))
