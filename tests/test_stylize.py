@@ -190,3 +190,14 @@ def test_refine_sizes_double_then_end_at_the_source_size():
     assert refine_sizes((32, 18), (130, 75)) == [(64, 36), (130, 75)]
     assert refine_sizes((512, 384), (4032, 3024)) == [(1024, 768), (2048, 1536), (4032, 3024)]
     assert refine_sizes((40, 26), (40, 26)) == [] and refine_sizes((512, 340), (300, 200)) == []
+
+
+def test_a_short_estimate_grows_with_the_frames_done(capsys):
+    from videostyle.cli import _progress_factory
+    from videostyle.pipeline import EstimatedCount
+    bar = _progress_factory(False)(total=EstimatedCount(3), initial=0)
+    for _ in range(5):
+        bar.update(1)
+    bar.close()
+    assert bar.total == 5
+    assert "5/~5 [" in capsys.readouterr().err  # not tqdm's "5/?" once the estimate is passed

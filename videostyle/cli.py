@@ -381,9 +381,20 @@ def _progress_factory(quiet: bool):
         return None
     from tqdm import tqdm
 
+    class EstimateBar(tqdm):
+        """A bar whose total is an estimate: raised to the frames done when the estimate was short (tqdm
+        would drop the total and show ``?``)."""
+
+        def update(self, n=1):
+            if self.total is not None and self.n + n > self.total:
+                self.total = self.n + n
+            return super().update(n)
+
     def factory(total, initial):
-        return tqdm(total=total, initial=initial, unit="frame", dynamic_ncols=True, file=sys.stderr,
-                    smoothing=0.1, bar_format=_bar_format(total))
+        bar_format = _bar_format(total)
+        return (tqdm if bar_format is None else EstimateBar)(
+            total=total, initial=initial, unit="frame", dynamic_ncols=True, file=sys.stderr, smoothing=0.1,
+            bar_format=bar_format)
     return factory
 
 
