@@ -408,3 +408,21 @@ def decoded_seconds_and_rgb(video: str | os.PathLike) -> tuple[list[float], list
 def workdir_frames(folder: str | os.PathLike) -> dict[str, bytes]:
     """The frame files of a work dir (``folder/frames/*.png``) by name, with their bytes."""
     return {p.name: p.read_bytes() for p in sorted((Path(folder) / "frames").glob("*.png"))}
+
+
+def make_clip_with_data_stream(path: str | Path, *, n_frames: int = 4, fps: int = 24) -> Path:
+    """An MP4 with a video stream and one data stream (``bin_data`` packets, as a GoPro's GPMF track)."""
+    path = Path(path)
+    with av.open(str(path), "w", format="mp4") as out:
+        vstream = out.add_stream("libx264", rate=fps)
+        vstream.width, vstream.height, vstream.pix_fmt = 64, 48, "yuv420p"
+        dstream = out.add_data_stream("bin_data")
+        for i in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(frame_pattern(i, 64, 48), format="rgb24")
+            frame.pts = i
+            out.mux(vstream.encode(frame))
+            packet = av.Packet(b"GPMF" + bytes([i]))
+            packet.stream, packet.pts, packet.dts, packet.time_base = dstream, i, i, Fraction(1, fps)
+            out.mux(packet)
+        out.mux(vstream.encode(None))
+    return path

@@ -71,7 +71,8 @@ def test_cli_prints_table_with_losses_and_writes_plot(tmp_path, capsys):
     assert lines[1].split()[1] == "-"  # frame 0 has no predecessor
     assert float(lines[5].split()[1]) < 2e-3  # only the clip's own brightness ramp remains
     assert float(lines[5].split()[2]) < 1e-6  # ... and it carries all of its content
-    assert lines[6] == f"wrote {plot}"
+    assert lines[6].startswith("mean temporal error: ") and lines[7].startswith("source clip's own error: ")
+    assert lines[9] == f"wrote {plot}"
     with Image.open(plot) as img:
         assert img.size == (640, 320)
         pixels = np.asarray(img.convert("RGB")).reshape(-1, 3)
@@ -83,7 +84,7 @@ def test_cli_without_style_prints_only_the_error(tmp_path, capsys):
     assert main(["evaluate", str(src), "--source", str(src)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["frame", "temporal_error"]
-    assert len(lines) == 5
+    assert len(lines) == 8  # header, 3 frames, mean, then the mean beside the source's own, independent frames
 
 
 def test_a_directory_of_png_frames_or_a_work_dir_reads_like_a_video(tmp_path, capsys):
@@ -123,3 +124,22 @@ def test_warm_start_and_temporal_loss_flicker_less_than_independent_frames(tmp_p
         stylize_video(src, out, cfg, RunOptions(quiet=True, crf=0, output_size="working"))
         errors[name] = evaluate_frames(read_frames(out), source).mean_temporal_error
     assert errors["temporal"] < 0.25 * errors["independent"]
+
+
+def test_cli_prints_the_source_clips_own_error_beside_the_mean(tmp_path, capsys):
+    frames = textured_pan(6)
+    source = write_frames(tmp_path / "pan.mp4", frames)
+    shuffled = write_frames(tmp_path / "shuffled.mp4", [frames[i] for i in (3, 0, 5, 1, 4, 2)])
+    from videostyle.model.metrics import temporal_warping_error
+    src_frames = read_frames(source)
+    floor = float(np.nanmean(temporal_warping_error(src_frames, src_frames)))
+    mean = float(np.nanmean(temporal_warping_error(read_frames(shuffled), src_frames)))
+    assert main(["evaluate", str(shuffled), "--source", str(source)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3:] == [
+        f"mean temporal error: {mean:.6f} (lower is steadier)",
+        f"source clip's own error: {floor:.6f}, {mean / floor:.1f}x that (the source is a perfectly stable "
+        f"video of this content: no stylisation scores lower)",
+        "independent frames (each stylised alone): not measured here (it would stylise every frame again); "
+        "on docs/TEMPORAL.md's test clip they scored 11x the default settings' error"]
+    assert mean / floor > 10  # shuffled frames are far from stable

@@ -46,10 +46,11 @@ def test_pass_order_alternates_backward_and_forward():
 
 
 def _mean_error(stylised: Path, source: Path, capsys) -> float:
-    """The clip-level temporal error that `videostyle evaluate` prints (its last line: "mean E")."""
+    """The clip-level temporal error that `videostyle evaluate` prints ("mean temporal error: E ...")."""
     capsys.readouterr()
     assert main(["evaluate", str(stylised), "--source", str(source)]) == 0
-    return float(capsys.readouterr().out.splitlines()[-1].split()[1])
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("mean temporal error: "))
+    return float(line.split()[3])
 
 
 @pytest.mark.slow

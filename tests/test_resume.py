@@ -246,3 +246,29 @@ def test_a_tiled_run_killed_resumes_to_the_same_frames(job, tmp_path):
     assert _frames(tmp_path / "t.work") == _prefix(reference, 3)
     assert main(argv) == 0
     assert _frames(tmp_path / "t.work") == reference
+
+
+def test_sigint_stops_cleanly_even_when_started_with_sigint_ignored(job):
+    """A shell starts a background job (`cmd &`) with SIGINT ignored; `kill -INT` must still stop it
+    as Ctrl-C does: exit 130, finished frames kept."""
+    root, clip, style, _, _ = job
+    work = root / "i.work"
+    proc = subprocess.Popen([sys.executable, "-m", "videostyle",
+                             *_args(root, clip, style, "i", "--iters", "3,200")],
+                            env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = work / "journal.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (journal.exists() and journal.read_text().strip()):
+        time.sleep(0.05)
+    time.sleep(0.3)  # into frame 1's 200 iterations
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == (
+        f"videostyle: interrupted; finished frames are kept. To resume: videostyle resume {work}")
+    frames = _frames(work)
+    assert 1 <= len(frames) < N_FRAMES
+    assert WorkDir.open(work, WorkDir.read_manifest(work)).finished_count == len(frames)
+    assert not (root / "i.mp4").exists()

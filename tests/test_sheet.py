@@ -8,7 +8,7 @@ from common import make_clip
 from PIL import Image
 
 from videostyle.cli.main import main
-from videostyle.tools.sheet import label_band_height
+from videostyle.tools.sheet import band_height, compose, label_band_height, wrap_label
 
 
 @pytest.mark.slow
@@ -25,10 +25,14 @@ def test_sheet_grid_has_a_labelled_cell_per_style_and_weight_setting(tmp_path, c
     assert main(["sheet", str(clip), "--style", ",".join(styles), "--style-weight", "5,80", "--content-weight",
                  "1", "--at", "0.25", "-o", str(out), "--weights", "untrained", "--size", "64", "--iters", "8",
                  "--content-layers", "relu2_1", "--style-layers", "relu1_1,relu2_1,relu3_1"]) == 0
-    assert capsys.readouterr().out.startswith(f"wrote {out}: 2 styles x 2 weight settings")
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"wrote {out}: 2 styles x 2 weight settings")
+    assert "32/32 [" in captured.err  # the progress bar: 8 iterations x 2 styles x 2 settings
     sheet = np.asarray(Image.open(out).convert("RGB"))
-    w, h, band = 64, 48, label_band_height()
+    w, h = 64, 48
     rows, cols = 1 + 2, 1 + 2  # header row (content frame) + styles; style thumbnail column + settings
+    band = band_height(["content 1, style 80", "style style0.png", "style0.png c1 s80"], w)
+    assert band > label_band_height()  # 64 px is too narrow for "content 1, style 80" on one line
     assert sheet.shape == (rows * (h + band), cols * w, 3)
 
     def cell(r, c):
@@ -44,3 +48,19 @@ def test_sheet_grid_has_a_labelled_cell_per_style_and_weight_setting(tmp_path, c
         for c in range(cols):
             assert (label(r, c) < 128).any(), (r, c)  # some dark text on the white band
     assert (cell(0, 1) == 255).all()  # header cells are blank; their label names the weights
+
+
+def test_long_labels_wrap_and_the_band_grows_to_hold_them():
+    font_line = label_band_height() - 4
+    text = "content 1, style 80 with a_very_long_unbroken_style_name.png"
+    lines = wrap_label(text, 48)
+    assert len(lines) >= 3
+    assert "".join(lines).replace(" ", "") == text.replace(" ", "")  # nothing cut, in order
+    from videostyle.tools.sheet import _font
+    assert all(_font().getlength(line) <= 48 - 4 for line in lines if len(line) > 1)
+    assert band_height([text, "short"], 48) == len(lines) * font_line + 4
+    assert band_height(["short"], 200) == label_band_height()  # one line: the band as before
+    sheet = np.asarray(compose([[(np.full((30, 48, 3), 128, np.uint8), text)]], (48, 30)).convert("L"))
+    assert sheet.shape == (30 + len(lines) * font_line + 4, 48)
+    last_line = sheet[30 + 1 + (len(lines) - 1) * font_line:30 + 1 + len(lines) * font_line]
+    assert (last_line < 128).any()  # the last line is drawn too

@@ -5,7 +5,7 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
-from common import identify_frame, make_clip
+from common import identify_frame, make_clip, make_clip_with_data_stream, make_recording
 from PIL import Image
 
 from videostyle.cli.main import main
@@ -129,8 +129,32 @@ def test_image_command_writes_png_of_requested_size(tmp_path, style_png):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(photo)
     out = tmp_path / "photo_out.png"
     assert main(["image", str(photo), "--style", str(style_png), "-o", str(out), "--weights", "untrained",
-                 "--size", "40", "--iters", "5", "-q"]) == 0
+                 "--size", "40", "--iters", "5", "-q", "--output-size", "working"]) == 0
     assert load_image(out).shape == (26, 40, 3)  # long edge 40, aspect 2:3 kept, even sizes
+
+
+def test_image_at_the_source_size_is_refined_there_with_a_progress_bar(tmp_path, style_png, capsys):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (75, 130, 3), dtype=np.uint8)).save(photo)
+    common = ["--style", str(style_png), "--weights", "untrained", "--size", "32", "--iters", "4",
+              "--octaves", "1"]
+    plain, refined = tmp_path / "plain.png", tmp_path / "refined.png"
+    assert main(["image", str(photo), "-o", str(plain), *common, "--refine-iters", "0", "-q"]) == 0
+    assert main(["image", str(photo), "-o", str(refined), *common, "--refine-iters", "3"]) == 0
+    assert load_image(plain).shape == load_image(refined).shape == (75, 130, 3)  # odd sizes kept
+    # Refined at 64x36 and 130x75 (the source) from the upscale: not the plain bicubic upscale.
+    assert np.abs(load_image(plain).astype(int) - load_image(refined)).mean() > 1
+    err = capsys.readouterr().err
+    assert "10/10 [" in err  # 4 iterations at 32 px, then 3 at each of the two larger sizes
+    assert "it/s" in err or "s/it" in err
+
+
+def test_image_progress_counts_every_octave(tmp_path, style_png, capsys):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 256, 3), dtype=np.uint8)).save(photo)
+    assert main(["image", str(photo), "--style", str(style_png), "-o", str(tmp_path / "o.png"), "--weights",
+                 "untrained", "--size", "256", "--iters", "3", "--octaves", "2"]) == 0
+    assert "6/6 [" in capsys.readouterr().err  # 3 at 128x64, 3 at 256x128; no upscale: already the source size
 
 
 def test_progress_bar_shows_frames_and_eta_unless_quiet(tmp_path, style_png, capsys):
@@ -142,3 +166,44 @@ def test_progress_bar_shows_frames_and_eta_unless_quiet(tmp_path, style_png, cap
     assert main(["stylize", str(src), "--style", str(style_png), "-o", str(tmp_path / "b.mp4"),
                  "--weights", "untrained", "--size", "32", "--iters", "1", "-q"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_dropped_data_streams_are_named_in_one_line(tmp_path, style_png, capsys):
+    src = make_clip_with_data_stream(tmp_path / "gopro.mp4")
+    assert probe_video(src).other_streams == ("#1 data (bin_data, GoPro MET)",)
+    _stylize(src, tmp_path / "out.mp4", style_png)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "not copied" in line]
+    assert notes == ["videostyle: note: 1 stream of the source is not copied to the output (only the video "
+                     "and audio are): #1 data (bin_data, GoPro MET)"]
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        assert [s.type for s in container.streams] == ["video"]
+    _stylize(make_clip(tmp_path / "plain.mp4", n_frames=2), tmp_path / "plain_out.mp4", style_png)
+    assert "not copied" not in capsys.readouterr().err
+
+
+def test_progress_bar_shows_an_estimated_total_without_a_container_duration(tmp_path, style_png, capsys):
+    src = make_recording(tmp_path / "live.webm", video_codec="libx264", container="matroska", n_frames=5,
+                         live=True)
+    assert main(["stylize", str(src), "--style", str(style_png), "-o", str(tmp_path / "a.mp4"),
+                 "--weights", "untrained", "--size", "32", "--iters", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "5/~5 [" in err  # frames done / estimated total, with an ETA
+    assert "<~" in err
+
+
+def test_refine_sizes_double_then_end_at_the_source_size():
+    from videostyle.model.upscale import refine_sizes
+    assert refine_sizes((32, 18), (130, 75)) == [(64, 36), (130, 75)]
+    assert refine_sizes((512, 384), (4032, 3024)) == [(1024, 768), (2048, 1536), (4032, 3024)]
+    assert refine_sizes((40, 26), (40, 26)) == [] and refine_sizes((512, 340), (300, 200)) == []
+
+
+def test_a_short_estimate_grows_with_the_frames_done(capsys):
+    from videostyle.cli.main import _progress_factory
+    from videostyle.run.plan import EstimatedCount
+    bar = _progress_factory(False)(total=EstimatedCount(3), initial=0)
+    for _ in range(5):
+        bar.update(1)
+    bar.close()
+    assert bar.total == 5
+    assert "5/~5 [" in capsys.readouterr().err  # not tqdm's "5/?" once the estimate is passed

@@ -23,12 +23,14 @@ from common import (
     identify_frame,
     make_audio_only,
     make_clip,
+    make_recording,
     truncate_file,
     vfr_times,
 )
 
 from videostyle.errors import InputError, OutputError
-from videostyle.media.decode import FramePrefetcher, SourceFrame, TruncatedVideoWarning, _PtsFixer, iter_frames
+from videostyle.media.decode import (FramePrefetcher, SourceFrame, TruncatedVideoWarning, _PtsFixer,
+                                     estimate_frame_count, iter_frames)
 from videostyle.media.encode import check_output_path, encode_video
 from videostyle.media.probe import probe_video
 
@@ -465,3 +467,13 @@ def test_output_file_gets_the_usual_permissions_not_owner_only(tmp_path):
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == 0o644
+
+
+def test_frame_count_is_estimated_from_packets_without_a_duration(tmp_path):
+    # An H.264 WebM as a browser records it: no frame count, no duration, no cues.
+    info = probe_video(make_recording(tmp_path / "live.webm", video_codec="libx264", container="matroska",
+                                      n_frames=40, live=True))
+    assert (info.frame_count, info.duration_s, info.video_duration_s) == (None, None, None)
+    assert estimate_frame_count(info) == 40  # every packet read: exact
+    bounded = estimate_frame_count(info, max_packets=20)  # 20 read, the rest from the bytes left
+    assert 20 < bounded <= 60

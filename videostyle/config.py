@@ -180,8 +180,9 @@ class StyleConfig:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How a run is executed; none of these change the stylised frames' pixels, except ``precision``,
-    which the manifest records on its own for a resume to match (``journal._MUST_MATCH``)."""
+    """How a run is executed; none of these change the stylised frames' pixels, except ``precision``
+    and the cut (``start``, ``duration``), which the manifest records on their own for a resume to match
+    (``journal._MUST_MATCH``)."""
 
     device: str = "auto"
     crf: int = 18
@@ -209,6 +210,10 @@ class RunOptions:
     ray_cpus: int = 1
     scene_cuts: bool = True
     save_every: int = 0           # first frame's image every N iterations beside the output (0: off)
+    # The part of the video to stylise (--start/--duration, seconds from the first frame; None: to the
+    # end). It decides which frames are made, so the manifest records it on its own for a resume to match.
+    start: float = 0.0
+    duration: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -324,6 +329,10 @@ SETTINGS: dict[type, dict[str, Setting]] = {
         "ray_cpus": Setting("--ray-cpus", "CPUs per segment task on CPU workers (default {default})"),
         "scene_cuts": Setting("--scene-cuts", "also start a segment at each scene cut, with no run-in (default "
                               "on; the video is scanned once at 128 px before the tasks start)"),
+        "start": Setting("--start", "stylise from this time on: SS, MM:SS or HH:MM:SS(.fff) after the first frame "
+                         "(default 0); the output, and its audio, start at 0", metavar="TIME"),
+        "duration": Setting("--duration", "stylise this long from --start (SS, MM:SS or HH:MM:SS(.fff); default: "
+                            "to the end); the audio is cut to match", metavar="TIME"),
     },
 }
 

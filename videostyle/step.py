@@ -102,6 +102,8 @@ class Stylizer:
     frame is larger; None: the whole frame at once.
     """
 
+    on_step: Callable[[], None] | None = None  # called after each optimiser iteration (a progress bar)
+
     def __init__(self, cfg: StyleConfig, *, device: torch.device, working_size: tuple[int, int],
                  colour_reference: torch.Tensor | None = None, precision: str = "fp32",
                  tile: int | None = None):
@@ -228,8 +230,10 @@ class Stylizer:
         """The frame objective: VGG on the whole frame, or on tiles of ``self.tile`` px (the same
         gradient to float rounding, in bounded memory: :mod:`videostyle.model.tiled`)."""
         if self.tile is None or max(content.shape[-2:]) <= self.tile:
-            return FrameObjective(encoder, content, targets, weights, temporal)
-        return TiledObjective(encoder, content, targets, weights, temporal, tile=self.tile, halo=TILE_HALO)
+            objective = FrameObjective(encoder, content, targets, weights, temporal)
+        else:
+            objective = TiledObjective(encoder, content, targets, weights, temporal, tile=self.tile, halo=TILE_HALO)
+        return objective if self.on_step is None else CountedObjective(objective, self.on_step)
 
     def to_optimised(self, image: torch.Tensor) -> torch.Tensor:
         """An RGB frame ``(1, 3, H, W)`` in [0, 1] in the space the optimiser works in: its luminance
@@ -247,26 +251,69 @@ class Stylizer:
         return image
 
 
+class CountedObjective:
+    """An objective that calls ``on_step()`` after each gradient evaluation (= one optimiser iteration:
+    see :func:`~videostyle.model.optimise.stylize_frame`), for a progress bar over iterations."""
+
+    def __init__(self, objective, on_step: Callable[[], None]):
+        self.objective = objective
+        self.on_step = on_step
+
+    def loss_and_gradient(self, image: torch.Tensor):
+        out = self.objective.loss_and_gradient(image)
+        self.on_step()
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.objective, name)
+
+    def __call__(self, image: torch.Tensor):
+        return self.objective(image)
+
+
 def stylize_still(rgb: np.ndarray, cfg: StyleConfig, *, device: torch.device, snapshots=None,
-                  precision: str = "fp32", tile: int | None = None,
-                  max_memory: int | None = None) -> tuple[np.ndarray, dict[str, float]]:
+                  precision: str = "fp32", tile: int | None = None, max_memory: int | None = None,
+                  refine_iters: int | None = None,
+                  on_step: Callable[[], None] | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """Stylise one picture ``(H, W, 3)`` uint8 alone, with the first-frame settings.
 
-    Returns the result at the working size ``(h, w, 3)`` uint8 and the final loss terms (floats).
+    Returns the result at the working size ``(h, w, 3)`` uint8 (with ``refine_iters`` not None: at
+    ``rgb``'s size, :func:`videostyle.model.upscale.upscale_still`, that many iterations per 2x step) and
+    the working-size result's final loss terms (floats).
     ``snapshots``: a :class:`~videostyle.store.snapshots.SnapshotWriter` (``--save-every``) or None.
+    ``on_step()``: called after every optimiser iteration (a progress bar).
     """
     working = images.working_size(rgb.shape[1], rgb.shape[0], cfg.size)
     content_rgb = images.resize_rgb(rgb, working)
     stylizer = Stylizer(cfg, device=device, working_size=working,
                         colour_reference=images.to_tensor(content_rgb, device), precision=precision)
     stylizer.plan_tiles(working, tile=tile, max_memory=max_memory)
+    stylizer.on_step = on_step
 
     def start(target):
         return initial_image(cfg.init_first, content=target, generator=frame_generator(cfg.seed, 0)), ()
 
     done = stylizer.step(content_rgb, 0, start, iterations=cfg.iters_first, evaluate_result=True,
                          snapshots=snapshots)
-    return done.rgb, done.result.losses
+    out = done.rgb
+    if refine_iters is not None and out.shape[:2] != rgb.shape[:2]:
+        from videostyle.model.upscale import upscale_still
+        out = upscale_still(stylizer, rgb, out, iterations=refine_iters, tile=tile, max_memory=max_memory)
+    return out, done.result.losses
+
+
+def still_iterations(rgb: np.ndarray, cfg: StyleConfig, *, refine_iters: int | None = None) -> int:
+    """Optimiser iterations :func:`stylize_still` runs on ``rgb`` ``(H, W, 3)``: ``iters_first`` at each
+    octave, then (``refine_iters`` not None) those of the upscale to the source size."""
+    from videostyle.model.optimise import octave_sizes
+    from videostyle.model.upscale import refine_iterations
+
+    working = images.working_size(rgb.shape[1], rgb.shape[0], cfg.size)
+    octaves = len(octave_sizes(working[1], working[0], cfg.octaves)) if cfg.octaves > 1 else 1
+    total = octaves * cfg.iters_first
+    if refine_iters is not None:
+        total += refine_iterations(working, (rgb.shape[1], rgb.shape[0]), refine_iters)
+    return total
 
 
 def _normalised(pairs) -> dict[str, float]:

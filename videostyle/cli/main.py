@@ -58,6 +58,15 @@ def _path_list(text: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (text or "").split(",") if p.strip())
 
 
+def _time_s(text: str) -> float:
+    """``SS``, ``MM:SS`` or ``HH:MM:SS(.fff)`` -> seconds (--start, --duration)."""
+    from videostyle.media.probe import parse_time
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -189,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(e, R, "keep_workdir", action="store_true")
     _opt(e, R, "batch_size", type=int)
     _opt(e, R, "save_every", type=_non_negative_int)
+    c = s.add_argument_group("part of the video")
+    _opt(c, R, "start", type=_time_s)
+    _opt(c, R, "duration", type=_time_s)
     _add_ray_options(s)
 
     r = sub.add_parser("resume", parents=[common], help="resume an interrupted run from its work dir")
@@ -200,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("-o", "--output", help="output image (.png/.jpg); default INPUT_STYLE.png")
     _add_style_options(i, video=False)
     _opt(i, R, "save_every", type=_non_negative_int)
+    i.add_argument("--output-size", choices=("source", "working"), default="source",
+                   help="write at the image's own size (default: the working-size result refined at 2x steps "
+                        "up to it, see --refine-iters) or at the working size")
+    i.add_argument("--refine-iters", type=_non_negative_int, default=20, metavar="N",
+                   help="with --output-size source: iterations at each 2x step up to the image's size "
+                        "(default 20; 0: a plain bicubic upscale)")
 
     pv = sub.add_parser("preview", parents=[common], help="stylise one frame of a video quickly, to tune settings",
                         description="Stylise the frame nearest --at alone (first-frame settings), print the "
@@ -334,10 +352,42 @@ def _progress_factory(quiet: bool):
         return None
     from tqdm import tqdm
 
+    class EstimateBar(tqdm):
+        """A bar whose total is an estimate: raised to the frames done when the estimate was short (tqdm
+        would drop the total and show ``?``)."""
+
+        def update(self, n=1):
+            if self.total is not None and self.n + n > self.total:
+                self.total = self.n + n
+            return super().update(n)
+
     def factory(total, initial):
-        return tqdm(total=total, initial=initial, unit="frame", dynamic_ncols=True, file=sys.stderr,
-                    smoothing=0.1)
+        bar_format = _bar_format(total)
+        return (tqdm if bar_format is None else EstimateBar)(
+            total=total, initial=initial, unit="frame", dynamic_ncols=True, file=sys.stderr, smoothing=0.1,
+            bar_format=bar_format)
     return factory
+
+
+def _iteration_progress(quiet: bool):
+    """A factory ``progress(total)`` of bars over optimiser iterations (image, sheet), like stylize's: done,
+    seconds per iteration (or iterations per second) and the ETA, on stderr; None with ``-q``."""
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    def factory(total):
+        return tqdm(total=total, unit="it", dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+    return factory
+
+
+def _bar_format(total) -> str | None:
+    """tqdm's own format, with ``~`` before the total and the ETA when the total is an estimate
+    (:class:`~videostyle.run.plan.EstimatedCount`: the container states no frame count)."""
+    from videostyle.run.plan import EstimatedCount
+    if not isinstance(total, EstimatedCount):
+        return None
+    return "{l_bar}{bar}| {n_fmt}/~{total_fmt} [{elapsed}<~{remaining}, {rate_fmt}{postfix}]"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -360,7 +410,9 @@ def _run(args: argparse.Namespace) -> int:
         cfg = _style_config(args, video=False)
         output = args.output or _default_output(args.input, cfg.styles, ".png")
         from videostyle.run import api
-        losses = api.stylize_image(args.input, output, cfg, opts)
+        opts = replace(opts, output_size=args.output_size)
+        losses = api.stylize_image(args.input, output, cfg, opts, refine_iters=args.refine_iters,
+                                   progress=_iteration_progress(args.quiet))
         if not args.quiet:
             print(f"wrote {output} (style loss {losses['style']:.4g}, content loss {losses['content']:.4g})")
         return 0
@@ -373,7 +425,7 @@ def _run(args: argparse.Namespace) -> int:
                       keep_workdir=args.keep_workdir, batch_size=args.batch_size, precision=args.precision,
                       save_every=args.save_every, ray=args.ray, segment_frames=args.segment_frames,
                       segment_overlap=args.segment_overlap, ray_cpus=args.ray_cpus, scene_cuts=args.scene_cuts,
-                      tile=args.tile, max_memory=args.max_memory)
+                      tile=args.tile, max_memory=args.max_memory, start=args.start, duration=args.duration)
     args.workdir_shown = args.workdir or str(plan.default_workdir(Path(output)))
     summary = api.stylize_video(args.input, output, cfg, opts, progress=_progress_factory(args.quiet))
     _report(summary, args.quiet)
@@ -402,7 +454,7 @@ def _preview_or_sheet(args: argparse.Namespace) -> int:
             print(f"wrote {output}: frame at {shot.time_s:.3f} s stylised in {shot.seconds:.1f} s "
                   f"({cfg.iters_first} iterations at {shot.size[0]}x{shot.size[1]} px)")
             print("to stylise the video with these settings:")
-        print(preview.stylize_command(args.input, cfg))
+        print(preview.stylize_command(args.input, cfg, output=_default_output(args.input, cfg.styles, ".mp4")))
         return 0
     from videostyle.tools import sheet
 
@@ -411,7 +463,7 @@ def _preview_or_sheet(args: argparse.Namespace) -> int:
     cfg = _style_config(args, video=False)
     result = sheet.contact_sheet(args.input, args.output, cfg, content_weights=content_weights,
                                  style_weights=style_weights, at=args.at, device=args.device,
-                                 precision=args.precision)
+                                 precision=args.precision, progress=_iteration_progress(args.quiet))
     if not args.quiet:
         print(f"wrote {args.output}: {result.rows} styles x {result.columns} weight settings, frame at "
               f"{result.time_s:.3f} s, {result.seconds:.1f} s")
@@ -437,6 +489,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                                       styles=styles, weights=args.weights, model=args.model,
                                       device=args.device)
     print(evaluate.format_table(result))
+    print(evaluate.format_summary(result))
     if args.plot:
         evaluate.write_plot(result.temporal_error, args.plot)
         print(f"wrote {args.plot}")
@@ -559,6 +612,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{PROG}: warning: {message}", file=sys.stderr)
     # SIGTERM stops like Ctrl-C: the frame in progress is dropped, finished frames stay journaled.
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # SIGINT too, whatever it was: a shell starts background jobs (`cmd &`) with SIGINT ignored, and
+    # Python then leaves it ignored, so `kill -INT` did nothing.
+    previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     # FFmpeg's raw lines ("error while decoding MB 0 11 ...") are counted, not shown (unless -v/--debug):
     # our own warnings and errors say what they mean, and the run ends on our line.
     from videostyle.media.probe import FFMPEG_LOG
@@ -588,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
+        signal.signal(signal.SIGINT, previous_sigint)
         libav.propagate = previous_propagate
 
 

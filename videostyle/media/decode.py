@@ -12,6 +12,7 @@ file ends early or cannot be read further the frames decoded so far are kept and
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Iterator
@@ -23,7 +24,8 @@ from videostyle.media.background import BackgroundIterator
 from videostyle.errors import InputError
 from videostyle.media.probe import FFMPEG_LOG, VideoInfo, ffmpeg_errors_shown, ffmpeg_reason, open_input
 
-__all__ = ["SourceFrame", "TruncatedVideoWarning", "SeekError", "iter_frames", "keyframes", "FramePrefetcher"]
+__all__ = ["SourceFrame", "TruncatedVideoWarning", "SeekError", "iter_frames", "keyframes", "estimate_frame_count",
+           "FramePrefetcher"]
 
 # After this many packets in a row that the decoder rejects, the rest of the file is taken to be
 # garbage (a cut-off download yields nothing but errors): stop instead of grinding through it.
@@ -66,6 +68,9 @@ def iter_frames(info: VideoInfo, *, start: int = 0,
     ``seek``: a keyframe ``(index, pts)`` from :func:`keyframes` with ``index <= start``: decoding
     starts there instead of at frame 0 (a long video's late segment). Raises :class:`SeekError`,
     before yielding anything, when the first frame decoded there is not that keyframe.
+    ``info.cut`` (:func:`~videostyle.media.probe.with_cut`): only the frames with pts in its range are
+    yielded, indexed from 0; the frames before it are decoded (no seek: exact whatever the keyframes)
+    but not converted.
 
     Warns:
         TruncatedVideoWarning: when packets could not be decoded, reading stopped on an error,
@@ -83,6 +88,7 @@ def iter_frames(info: VideoInfo, *, start: int = 0,
     index = 0
     last_pts: int | None = None
     bad_packets = 0
+    cut = info.cut  # frames before its start are skipped; index 0 is its first frame
     stopped_by: BaseException | None = None  # the error that ended reading early, if any
     reason: str | None = None  # what went wrong ("FFmpeg: <its words>" or ours), if anything
     try:
@@ -112,6 +118,10 @@ def iter_frames(info: VideoInfo, *, start: int = 0,
                     raise SeekError(f"seeking in {shown!r} to pts {seek_pts} gave pts {frame.pts}")
                 seek_pts = None
             pts = next_pts(frame.pts if frame.pts is not None else frame.dts)
+            if cut is not None and pts < cut.start_pts:
+                continue  # before the cut: decoded (the next frames need it), not counted
+            if cut is not None and cut.end_pts is not None and pts >= cut.end_pts:
+                break
             if index >= start:
                 time_s = float(pts * info.time_base)
                 yield SourceFrame(index=index, pts=pts, time_s=time_s, rgb=_to_rgb(frame, info))
@@ -122,9 +132,12 @@ def iter_frames(info: VideoInfo, *, start: int = 0,
             reason = f"FFmpeg: {ffmpeg_reason(stopped_by or decoded.last_bad)}"
     finally:
         container.close()
+    if index == 0 and cut is not None and reason is None:
+        raise InputError(f"no video frame in {shown!r} from {cut.start_s:g} s on (--start): the video ends "
+                         f"before it")
     if index == 0:
         raise InputError(f"no decodable video frame in {shown!r} ({reason or 'the stream has no frames'})")
-    if reason is None:
+    if reason is None and cut is None:  # a cut ends where it was asked to, not where the file says
         reason = _early_end(info, index, last_pts)
     logged = FFMPEG_LOG.count - logged_before
     if reason is None and logged:
@@ -178,6 +191,49 @@ def keyframes(info: VideoInfo) -> list[tuple[int, int]] | None:
     if (info.frame_count and len(packets) != info.frame_count) or packets[0][0] != (info.start_pts or 0):
         return None
     return [(i, pts) for i, (pts, key) in enumerate(packets) if key]
+
+
+# Packets read at most to estimate a frame count (~50-90 us each: about a second); past this the count
+# is extrapolated from the bytes read.
+ESTIMATE_MAX_PACKETS = 20_000
+
+
+def estimate_frame_count(info: VideoInfo, *, max_packets: int = ESTIMATE_MAX_PACKETS) -> int | None:
+    """Frames in ``info`` (its cut, if any) counted from the video packets, without decoding: for a
+    container that states neither a frame count nor a duration (a browser's H.264 WebM).
+
+    One packet is one frame. After ``max_packets`` packets the count is extrapolated by the share of
+    the file read (byte position), so the cost stays bounded; None when nothing can be read.
+    """
+    cut = info.cut
+    try:
+        container = open_input(info.path)
+    except InputError:
+        return None
+    count = seen = 0
+    last_pos = None
+    try:
+        stream = container.streams[info.stream_index]
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue  # the flush packets demux() ends with
+            seen += 1
+            pts = packet.pts if packet.pts is not None else packet.dts
+            if cut is not None and pts is not None and cut.end_pts is not None and pts >= cut.end_pts:
+                break
+            if cut is None or pts is None or pts >= cut.start_pts:
+                count += 1
+            if packet.pos is not None and packet.pos > 0:
+                last_pos = packet.pos
+            if seen >= max_packets:
+                if last_pos:  # the unread part of the file holds packets alike
+                    count += round(seen * (os.path.getsize(info.path) / last_pos - 1))
+                break
+    except av.error.FFmpegError:
+        pass  # a damaged tail: the packets read so far
+    finally:
+        container.close()
+    return count or None
 
 
 def _early_end(info: VideoInfo, decoded: int, last_pts: int | None) -> str | None:

@@ -143,6 +143,9 @@ def encode_video(
 
     Audio span: a full render (video reaching the source video's end, within one frame) keeps
     every audio packet; a shorter render cuts the audio where its last frame ends.
+    A ``source.cut`` (``--start``/``--duration``): the first frame's pts becomes 0 and the audio moves
+    with it; audio from before that frame is left out (a copied AAC stream starts at its first packet
+    from there, at most one packet, ~21 ms, later) and it ends with the last frame.
 
     Raises:
         OutputError: unsupported extension, missing or read-only directory, output == input,
@@ -161,6 +164,9 @@ def encode_video(
         raise ValueError("encode_video got no frames") from None
     height, width = _check_frame(first[0], None)
     audio_streams = source.audio if (source is not None and audio) else ()
+    cut = source.cut if source is not None else None
+    # A cut (--start) starts at 0: every video pts, and the audio, moves back by the first frame's pts.
+    shift = int(first[1]) if cut is not None else 0
 
     ffmpeg_errors_shown()
     src = open_input(source.path) if audio_streams else None
@@ -183,14 +189,14 @@ def encode_video(
             # zero time" and once a SIGFPE (docs/ARCHITECTURE.md).
             vstream = _add_video_stream(out, width, height, time_base, average_rate, crf, preset)
             tracks = [_AudioTrack.create(out, src, a) for a in audio_streams]
-            feeder = _AudioFeeder(out, src, tracks) if tracks else None
+            feeder = _AudioFeeder(out, src, tracks, offset=shift * time_base) if tracks else None
             video = _VideoMuxer(out, vstream, feeder, dts_timed=out.format.name in ("mp4", "mov"))
             # One frame is held back so each frame's duration (next pts - pts) is known when it is
             # encoded; without durations the muxer guessed the last one (a VFR clip lost 22 ms).
             held: tuple[np.ndarray, int] | None = None
             for rgb, pts in _chain(first, frame_iter):
                 _check_frame(rgb, (height, width))
-                pts = int(pts)
+                pts = int(pts) - shift
                 if held is not None:
                     if pts <= held[1]:
                         raise ValueError(f"frame pts must increase strictly: {pts} after {held[1]}")
@@ -198,11 +204,15 @@ def encode_video(
                 held = (rgb, pts)
             last_pts = held[1]
             step = _frame_step(average_rate, time_base)
-            end_pts = last_pts + _last_frame_duration(source, last_pts, step, time_base)
+            end_pts = last_pts + _last_frame_duration(source, last_pts + shift, step, time_base)
+            if cut is not None and cut.end_pts is not None and cut.end_pts - shift > last_pts:
+                end_pts = min(end_pts, cut.end_pts - shift)  # the last frame shows until the cut's end
             video.encode(held[0], last_pts, end_pts - last_pts)
             video.finish(end_pts)
             if feeder is not None:
-                feeder.finish(_audio_end_s(source, float(end_pts * time_base), float(step * time_base)))
+                # A cut's audio ends with its video; a whole video's as _audio_end_s says.
+                feeder.finish(float(end_pts * time_base) if cut is not None else
+                              _audio_end_s(source, float(end_pts * time_base), float(step * time_base)))
         except BaseException:
             _close_quietly(out)
             raise
@@ -394,10 +404,14 @@ def _default_layout(channels: int) -> str:
 
 class _AudioFeeder:
     """Reads the source's audio packets lazily (one demux over all audio streams, file order) and
-    muxes them up to a given time, so audio is interleaved with video without buffering it."""
+    muxes them up to a given time, so audio is interleaved with video without buffering it.
 
-    def __init__(self, out, src, tracks: list[_AudioTrack]):
+    ``offset``: seconds of the source clock that become 0 in the output (a cut); audio before it is
+    left out. Times given to :meth:`mux_until` and :meth:`finish` are on the output's clock."""
+
+    def __init__(self, out, src, tracks: list[_AudioTrack], *, offset: Fraction = Fraction(0)):
         self._out = out
+        self._offset = Fraction(offset)
         self._tracks = {t.in_stream.index: t for t in tracks}
         self._packets = src.demux([t.in_stream for t in tracks])
         self._pending = None  # one packet read ahead: the first one past the last mux_until time
@@ -431,7 +445,7 @@ class _AudioFeeder:
         """Mux every audio packet that starts before ``t_s`` seconds (``None``: all of them)."""
         while True:
             packet = self._peek()
-            if packet is None or (t_s is not None and self._time_s(packet) >= t_s):
+            if packet is None or (t_s is not None and self._time_s(packet) - self._offset >= t_s):
                 return
             self._pending = None
             self._mux(packet)
@@ -451,6 +465,12 @@ class _AudioFeeder:
     def _mux(self, packet) -> None:
         track = self._tracks[packet.stream.index]
         if not track.transcode:
+            if self._offset:
+                if self._time_s(packet) < self._offset:
+                    return  # before the cut
+                back = round(self._offset / packet.time_base)
+                packet.pts = packet.pts - back if packet.pts is not None else None
+                packet.dts = packet.dts - back if packet.dts is not None else None
             packet.stream = track.out_stream
             self._out.mux(packet)
             return
@@ -466,7 +486,9 @@ class _AudioFeeder:
         # a frame without pts continues where the previous one ended.
         key = track.in_stream.index
         if frame.pts is not None and frame.time_base is not None:
-            pts = round(frame.pts * frame.time_base * track.out_rate)
+            if self._offset and frame.pts * frame.time_base < self._offset:
+                return  # before the cut
+            pts = round((frame.pts * frame.time_base - self._offset) * track.out_rate)
         else:
             pts = self._next_pts.get(key, 0)
         pts = max(pts, self._next_pts.get(key, pts))  # never step back (overlapping packets)

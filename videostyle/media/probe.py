@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -25,7 +26,7 @@ import av
 from videostyle.paths import check_video_path
 from videostyle.errors import InputError
 
-__all__ = ["AudioStreamInfo", "VideoInfo", "probe_video", "open_input"]
+__all__ = ["AudioStreamInfo", "Cut", "VideoInfo", "probe_video", "open_input", "with_cut", "dropped_streams_note"]
 
 # Demuxers that read still images (one picture per file), not videos. "yuv4mpegpipe" (.y4m) is a
 # real video format and does not match: it ends in "pipe", not "_pipe".
@@ -53,6 +54,20 @@ class AudioStreamInfo:
 
 
 @dataclass(frozen=True)
+class Cut:
+    """The part of a video a run covers (``stylize --start/--duration``): frames with
+    ``start_pts <= pts < end_pts`` (``end_pts`` None: to the end), in the video's ``time_base``.
+
+    ``start_s``/``duration_s`` are as the user gave them (seconds from the first frame; None: to the end).
+    """
+
+    start_s: float
+    duration_s: float | None
+    start_pts: int
+    end_pts: int | None
+
+
+@dataclass(frozen=True)
 class VideoInfo:
     """What :func:`probe_video` found; everything :mod:`decode` and :mod:`encode` need.
 
@@ -76,6 +91,12 @@ class VideoInfo:
         video_duration_s: the video stream's own duration in seconds (``None`` when only the
             container's total is known, which may include longer audio); ``duration_s`` falls
             back to that total.
+        other_streams: the streams that are neither the video nor audio (data such as GoPro GPMF or a
+            timecode, subtitles, attachments), described as ``"#2 data (tmcd)"``; the output has none.
+        cut: the part of the video to use (:func:`with_cut`), None: all of it. Decoding yields only
+            its frames, indexed from 0; the encoder shifts its timestamps (and the audio's) to start at 0.
+        frame_count_estimate: frames estimated from the packets (``estimate_frame_count`` in
+            :mod:`videostyle.media.decode`) where neither a count nor a duration is stated, else None.
     """
 
     path: Path
@@ -94,6 +115,9 @@ class VideoInfo:
     container_format: str = ""
     codec: str = ""
     video_duration_s: float | None = None
+    other_streams: tuple[str, ...] = ()
+    cut: Cut | None = None
+    frame_count_estimate: int | None = None
 
     @property
     def frame_step(self) -> int:
@@ -261,6 +285,8 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             container_format=fmt,
             codec=codec,
             video_duration_s=_stream_duration_s(vstream),
+            other_streams=tuple(_describe_stream(s) for s in container.streams
+                                if s.type not in ("video", "audio")),
         )
     finally:
         container.close()
@@ -350,3 +376,79 @@ def _audio_info(stream) -> AudioStreamInfo:
         start_time_s=start,
         duration_s=_stream_duration_s(stream),
     )
+
+
+def _describe_stream(stream) -> str:
+    """``"#2 data (GoPro TCD)"``: the stream's index, type, and its codec and handler names where known."""
+    codec = getattr(stream, "name", None) or (stream.codec_context.name if stream.codec_context else None)
+    handler = stream.metadata.get("handler_name", "").strip()
+    details = ", ".join(d for d in dict.fromkeys((codec, handler)) if d)
+    return f"#{stream.index} {stream.type}" + (f" ({details})" if details else "")
+
+
+def dropped_streams_note(info: VideoInfo) -> str | None:
+    """One line naming the source streams the output leaves out (data, subtitles), or None."""
+    if not info.other_streams:
+        return None
+    n = len(info.other_streams)
+    return (f"{n} stream{'' if n == 1 else 's'} of the source {'is' if n == 1 else 'are'} not copied to the "
+            f"output (only the video and audio are): {', '.join(info.other_streams)}")
+
+
+def parse_time(text: str) -> float:
+    """``"90"``, ``"1:30"``, ``"0:01:30.5"`` (SS, MM:SS, HH:MM:SS, each with optional decimals) -> seconds.
+
+    Raises ``ValueError`` (one line) for anything else or a negative time.
+    """
+    parts = text.strip().split(":")
+    try:
+        if len(parts) > 3 or not all(parts):
+            raise ValueError
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"expected a time as SS, MM:SS or HH:MM:SS(.fff), got {text!r}") from None
+    if any(n < 0 for n in numbers) or any(n >= 60 for n in numbers[1:]) or any(
+            not p.replace(".", "", 1).isdigit() for p in parts):
+        raise ValueError(f"expected a time as SS, MM:SS or HH:MM:SS(.fff), got {text!r}")
+    seconds = 0.0
+    for n in numbers:
+        seconds = seconds * 60 + n
+    return seconds
+
+
+def with_cut(info: VideoInfo, start_s: float = 0.0, duration_s: float | None = None) -> VideoInfo:
+    """``info`` limited to the frames from ``start_s`` (seconds after the first frame) for ``duration_s``
+    seconds (None: to the end); ``info`` itself when neither cuts anything.
+
+    Raises:
+        InputError: a negative start, a duration that is not positive, or a start at or past the
+            video's end where the duration is known (one line, with the duration).
+    """
+    if start_s < 0:
+        raise InputError(f"--start must be at least 0 s, got {start_s:g}")
+    if duration_s is not None and duration_s <= 0:
+        raise InputError(f"--duration must be more than 0 s, got {duration_s:g}")
+    if start_s == 0 and duration_s is None:
+        return info
+    length = info.video_duration_s if info.video_duration_s is not None else info.duration_s
+    if length is not None and start_s >= length:
+        raise InputError(f"--start {start_s:g} s is at or past the end of {str(info.path)!r} ({length:.3f} s long)")
+    first = info.start_pts or 0
+    start_pts = first + math.ceil(Fraction(start_s).limit_denominator(10**6) / info.time_base)
+    end_pts = None
+    if duration_s is not None:
+        end_s = Fraction(start_s + duration_s).limit_denominator(10**6)
+        end_pts = first + math.ceil(end_s / info.time_base)
+    return replace(info, cut=Cut(start_s, duration_s, start_pts, end_pts))
+
+
+def cut_seconds(info: VideoInfo) -> float | None:
+    """Seconds of video the run covers: the cut's duration (bounded by the video's end), else the video's
+    duration; None where unknown."""
+    length = info.video_duration_s if info.video_duration_s is not None else info.duration_s
+    if info.cut is None:
+        return length
+    if length is None:
+        return info.cut.duration_s
+    rest = max(0.0, length - info.cut.start_s)
+    return rest if info.cut.duration_s is None else min(rest, info.cut.duration_s)

@@ -38,20 +38,31 @@ def temporal_warping_error(stylised: Sequence[np.ndarray], source: Sequence[np.n
     Raises:
         InputError: different frame counts, or frames that are not ``(H, W, 3)`` uint8 of one size.
     """
-    if len(stylised) != len(source):
-        raise InputError(f"expected as many stylised frames as source frames; "
-                         f"got {len(stylised)} stylised and {len(source)} source")
-    _check_frames("stylised", stylised)
+    return temporal_warping_errors([stylised], source, estimator=estimator)[0]
+
+
+def temporal_warping_errors(clips: Sequence[Sequence[np.ndarray]], source: Sequence[np.ndarray], *,
+                            estimator: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+                            ) -> list[np.ndarray]:
+    """:func:`temporal_warping_error` of each of ``clips`` (T frames each, sizes may differ between clips)
+    against one ``source``, estimating each flow once for them all. Returns one ``(T-1,)`` array per clip."""
+    for stylised in clips:
+        if len(stylised) != len(source):
+            raise InputError(f"expected as many stylised frames as source frames; "
+                             f"got {len(stylised)} stylised and {len(source)} source")
+        _check_frames("stylised", stylised)
     _check_frames("source", source)
     est = estimator if estimator is not None else FlowEstimator("dis")
-    errors = np.empty(max(len(source) - 1, 0), dtype=np.float64)
+    errors = [np.empty(max(len(source) - 1, 0), dtype=np.float64) for _ in clips]
     for t in range(1, len(source)):
         back = est(source[t], source[t - 1])
         mask = reliability_mask(back, est(source[t - 1], source[t]))
-        out_h, out_w = stylised[t].shape[:2]
-        if back.shape[:2] != (out_h, out_w):
-            back, mask = _resize_flow(back, (out_w, out_h)), _resize_mask(mask, (out_w, out_h))
-        errors[t - 1] = warping_error(stylised[t], stylised[t - 1], back, mask)
+        for stylised, out in zip(clips, errors):
+            out_h, out_w = stylised[t].shape[:2]
+            flow, valid = back, mask
+            if back.shape[:2] != (out_h, out_w):
+                flow, valid = _resize_flow(back, (out_w, out_h)), _resize_mask(mask, (out_w, out_h))
+            out[t - 1] = warping_error(stylised[t], stylised[t - 1], flow, valid)
     return errors
 
 

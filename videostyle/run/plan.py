@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import sys
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from videostyle.errors import InputError, OutputError
 from videostyle.faults import KillPoint, never
 from videostyle.media.decode import iter_frames
 from videostyle.media.encode import check_encoder_options, check_output_path
-from videostyle.media.probe import VideoInfo, probe_video
+from videostyle.media.probe import VideoInfo, cut_seconds, dropped_streams_note, probe_video, with_cut
 from videostyle.model import memory
 from videostyle.model.features import WEIGHTS_NAMES
 from videostyle.paths import check_not_an_input, style_inputs
@@ -70,7 +71,13 @@ def plan_run(source: str | os.PathLike, output: str | os.PathLike, cfg: StyleCon
     count and is left to the caller)."""
     output = Path(output)
     cfg = _with_absolute_paths(cfg)  # the manifest must work from any directory (`videostyle resume`)
-    info = probe_video(source)
+    info = with_cut(probe_video(source), opts.start, opts.duration)
+    if info.cut is not None and cfg.mask and not _opens_as_image(cfg.mask):
+        raise InputError("a video --mask does not work with --start/--duration yet (its frames are matched "
+                         "from the video's first frame); use an image mask or cut the mask video too")
+    if info.frame_count is None and cut_seconds(info) is None:
+        info = _with_packet_estimate(info)
+    note_dropped_streams(info)
     check_output_path(output, input_path=source)
     check_not_an_input(output, style_inputs(cfg))
     check_snapshots_not_inputs(output, opts.save_every, [("input video", source), *style_inputs(cfg)])
@@ -84,6 +91,29 @@ def plan_run(source: str | os.PathLike, output: str | os.PathLike, cfg: StyleCon
     check_memory((info.width, info.height), out_size)
     workdir = Path(opts.workdir) if opts.workdir else default_workdir(output)
     return RunPlan(cfg, info, output, working, out_size, workdir)
+
+
+def _opens_as_image(path: str | os.PathLike) -> bool:
+    """True when Pillow reads ``path`` (a still mask), False for anything else (a video, a missing file)."""
+    try:
+        with Image.open(path):
+            return True
+    except Exception:
+        return False
+
+
+def _with_packet_estimate(info: VideoInfo) -> VideoInfo:
+    """``info`` with ``frame_count_estimate`` from its packets (a container with neither a count nor a
+    duration, as a browser's WebM), for the progress bar's total and ETA."""
+    from videostyle.media.decode import estimate_frame_count
+    return replace(info, frame_count_estimate=estimate_frame_count(info))
+
+
+def note_dropped_streams(info: VideoInfo) -> None:
+    """Say once (stderr) which of the source's streams the output leaves out (GoPro GPMF, timecode...)."""
+    note = dropped_streams_note(info)
+    if note:
+        print(f"videostyle: note: {note}", file=sys.stderr)
 
 
 def default_workdir(output: Path) -> Path:
@@ -127,7 +157,8 @@ def build_manifest(cfg: StyleConfig, info: VideoInfo, weights_id: str, working: 
         "source_size": [info.width, info.height],
         "frame_count_estimate": estimated_frame_count(info),
         "versions": package_versions(),
-        "precision": opts.precision,  # changes pixels: a resume must match it (journal._MUST_MATCH)
+        "precision": opts.precision,  # changes pixels: a resume must match it (workdir._MUST_MATCH)
+        "cut": [info.cut.start_s, info.cut.duration_s] if info.cut is not None else None,  # the same
     }
 
 
@@ -153,13 +184,21 @@ def package_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+class EstimatedCount(int):
+    """A frame count that is an estimate (no count in the container): a progress bar shows it as ``~N``."""
+
+
 def estimated_frame_count(info: VideoInfo) -> int | None:
-    """The container's frame count, else duration x average rate (MKV states no count), else None."""
-    if info.frame_count:
+    """The container's frame count (an ``int``); else an :class:`EstimatedCount`: duration x average rate
+    (MKV states no count), or the count from the packets (``info.frame_count_estimate``: no duration
+    either, as a browser's WebM); else None. With a cut, the frames of the cut."""
+    if info.frame_count and info.cut is None:
         return info.frame_count
-    duration = info.video_duration_s if info.video_duration_s is not None else info.duration_s
+    duration = cut_seconds(info)
     if duration and info.average_rate:
-        return max(1, round(duration * float(info.average_rate)))
+        return EstimatedCount(max(1, round(duration * float(info.average_rate))))
+    if info.frame_count_estimate:
+        return EstimatedCount(info.frame_count_estimate)
     return None
 
 

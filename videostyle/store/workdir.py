@@ -72,6 +72,7 @@ _MUST_MATCH = {
     "weights_id": "the VGG-19 weights",
     "working_size": "the working size",
     "precision": "the precision",  # bf16/fp16 change pixels (a RunOptions field, recorded on its own)
+    "cut": "the part of the video (--start/--duration)",  # None for the whole video, as before it existed
 }
 
 

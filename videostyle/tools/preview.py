@@ -103,11 +103,13 @@ def _shown(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def stylize_command(video: str | os.PathLike, cfg: StyleConfig) -> str:
+def stylize_command(video: str | os.PathLike, cfg: StyleConfig, *, output: str | os.PathLike | None = None) -> str:
     """The `videostyle stylize` command that stylises ``video`` with ``cfg``'s settings (flags that differ
-    from stylize's defaults only; the output name is the stylize default)."""
+    from stylize's defaults only) into ``output`` (``-o``; None: left to stylize's default name)."""
     default = StyleConfig(styles=cfg.styles)
     argv = ["videostyle", "stylize", str(video), "--style", ",".join(cfg.styles)]
+    if output is not None:
+        argv += ["-o", str(output)]
     if (cfg.iters_first, cfg.iters) != (default.iters_first, default.iters):
         argv += ["--iters", f"{cfg.iters_first}" if cfg.iters_first == cfg.iters else f"{cfg.iters_first},{cfg.iters}"]
     for name in _FIELDS:
