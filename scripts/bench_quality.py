@@ -80,9 +80,10 @@ class Judge:
         return quality_distances(self.encoder, image, photo, grams, content_layer=CONTENT_LAYER)
 
 
-def ours(photo_path: Path, style_path: Path, cfg: StyleConfig, *, trace: list | None = None
-         ) -> tuple[torch.Tensor, float, list]:
-    """``videostyle image`` (first-frame settings of ``cfg``): ``(result (1,3,H,W) in [0,1], seconds, history)``."""
+def ours(photo_path: Path, style_path: Path, cfg: StyleConfig, *, trace: list | None = None,
+         with_losses: bool = False) -> tuple:
+    """``videostyle image`` (first-frame settings of ``cfg``): ``(result (1,3,H,W) in [0,1], seconds, history)``,
+    and the final weighted loss terms (dict of floats) with ``with_losses``."""
     start = time.perf_counter()
     rgb = images.load_image(photo_path)
     working = images.working_size(rgb.shape[1], rgb.shape[0], cfg.size)
@@ -90,7 +91,10 @@ def ours(photo_path: Path, style_path: Path, cfg: StyleConfig, *, trace: list | 
     stylizer = Stylizer(cfg, device=torch.device("cpu"), working_size=working, colour_reference=content)
     init = initial_image(cfg.init_first, content=content, generator=torch.Generator().manual_seed(cfg.seed))
     result = stylizer.stylize(content, init, iterations=cfg.iters_first)
-    return result.image, time.perf_counter() - start, result.history
+    seconds = time.perf_counter() - start
+    if with_losses:
+        return result.image, seconds, result.history, result.losses
+    return result.image, seconds, result.history
 
 
 def gatys_reference(encoder: VGGEncoder, photo: torch.Tensor, style: torch.Tensor, seconds: float
@@ -224,13 +228,19 @@ def sweep(args, judge: Judge) -> None:
     grams = judge.grams(style)
     print(f"weights: {judge.weights.label}; {photo_path.stem} x {style_path.stem} at {args.size} px, "
           f"{args.iters} iterations, octaves {args.octaves}, settings {args.set or 'defaults'}")
-    print(f"{name:>16} {'style dist':>10} {'content dist':>12} {'s':>6}")
+    print(f"{name:>16} {'style dist':>10} {'content dist':>12} {'final loss':>10} {'range term':>10} "
+          f"{'s':>6}")
     for text in values.split(","):
         value = _typed(name, text)
-        cfg = base_config(args, style_path, iters_first=args.iters, octaves=args.octaves, **{name: value})
-        image, seconds, _ = ours(photo_path, style_path, cfg)
-        s, c = judge(image, photo, grams)
-        print(f"{text:>16} {s:>10.3f} {c:>12.3f} {seconds:>6.1f}", flush=True)
+        # The swept field wins over --iters/--octaves (so iters_first and octaves can be swept too).
+        overrides = dict(iters_first=args.iters, octaves=args.octaves)
+        overrides[name] = value
+        cfg = base_config(args, style_path, **overrides)
+        image, seconds, history, parts = ours(photo_path, style_path, cfg, with_losses=True)
+        s, c = judge(image, photo, grams)  # of the clamped result, as written
+        # final loss: the optimiser's own, before the final clamp; range term: its weighted out-of-range part.
+        print(f"{text:>16} {s:>10.3f} {c:>12.3f} {history[-1] if history else float('nan'):>10.4f} "
+              f"{parts.get('range', 0.0):>10.2e} {seconds:>6.1f}", flush=True)
         if args.save_dir:
             Path(args.save_dir).mkdir(parents=True, exist_ok=True)
             tag = (args.set or "").replace(";", "_").replace("=", "")

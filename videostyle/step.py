@@ -148,7 +148,7 @@ class Stylizer:
         """Stylise frame ``index`` from ``content_rgb`` ``(H, W, 3)`` uint8 at the working size.
 
         ``start(target)`` gives the initial image and the temporal terms from the content in the
-        optimised space (:meth:`to_optimised`). ``warm_started``: see :meth:`stylise`. ``snapshots``: a
+        optimised space (:meth:`to_optimised`). ``warm_started``: see :meth:`stylize`. ``snapshots``: a
         :class:`~videostyle.store.snapshots.SnapshotWriter` (``--save-every``) or None.
         ``after_optimise``: called once the optimiser is done, before anything is finished (a test kill
         point).
