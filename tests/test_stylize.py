@@ -207,3 +207,13 @@ def test_a_short_estimate_grows_with_the_frames_done(capsys):
     bar.close()
     assert bar.total == 5
     assert "5/~5 [" in capsys.readouterr().err  # not tqdm's "5/?" once the estimate is passed
+
+
+def test_progress_bar_counts_the_first_frames_iterations(tmp_path, style_png, capsys):
+    """A first frame takes minutes on a CPU: the bar shows its iterations (every octave), not a frozen 0."""
+    src = make_clip(tmp_path / "in.mp4", n_frames=3, audio=None)
+    assert main(["stylize", str(src), "--style", str(style_png), "-o", str(tmp_path / "o.mp4"),
+                 "--weights", "untrained", "--size", "32", "--iters", "10,2", "--octaves", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "frame 0: iteration 5/10" in err and "frame 0: iteration 10/10" in err
+    assert "frame 1: iteration" not in err  # warm-started frames: the bar counts frames

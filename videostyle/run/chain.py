@@ -193,11 +193,15 @@ def run_chain(info: VideoInfo, stylizer: Stylizer, work: FrameStore, working: tu
                 def start_from(target, index=index):
                     return _init_and_temporal(cfg, index, target, previous, flows, masks,
                                               frame_generator(cfg.seed, index))
+                # A frame from scratch takes minutes on a CPU (iters_first at every octave): the bar
+                # counts its iterations, so a first frame does not look like a hang.
+                stylizer.on_step = _iteration_counter(bar, index, stylizer, content_rgb) if fresh else None
                 done_frame = stylizer.step(
                     content_rgb, index, start_from, iterations=cfg.iters_first if fresh else cfg.iters,
                     warm_started=not fresh and cfg.init.startswith("prev"),
                     snapshots=snapshots if index == 0 else None,
                     after_optimise=lambda: kill_point("frame", index, before_kill=writer.flush))
+                stylizer.on_step = None
                 result = done_frame.result
                 pending.append((index, pts, done_frame.rgb))
                 if len(pending) >= batch_size:
@@ -228,6 +232,25 @@ def run_chain(info: VideoInfo, stylizer: Stylizer, work: FrameStore, working: tu
     if work.finished_count == 0:
         raise InputError(f"no frames could be decoded from {str(info.path)!r}")
     return done
+
+
+def _iteration_counter(bar, index: int, stylizer: Stylizer, content_rgb: np.ndarray) -> Callable[[], None] | None:
+    """``on_step`` for a frame optimised from scratch: the bar's postfix shows ``frame N: iteration i/n``
+    (``n``: ``iters_first`` at each octave level); None without a bar."""
+    if bar is None:
+        return None
+    from videostyle.model.optimise import octave_sizes
+
+    cfg = stylizer.cfg
+    h, w = content_rgb.shape[:2]
+    total = cfg.iters_first * (len(octave_sizes(h, w, cfg.octaves)) if cfg.octaves > 1 else 1)
+    done = [0]
+
+    def on_step() -> None:
+        done[0] += 1
+        if done[0] % 5 == 0 or done[0] == total:
+            bar.set_postfix_str(f"frame {index}: iteration {done[0]}/{total}")
+    return on_step
 
 
 def _frame_records(frames, cfg: StyleConfig, working: tuple[int, int], device: torch.device) -> Iterator:
