@@ -28,7 +28,8 @@ from videostyle.model import colour, memory
 from videostyle.model.features import LAYER_NAMES, VGGEncoder, resolve_weights
 from videostyle.model.masks import FrameMasks, composite
 from videostyle.model.optimise import (FrameObjective, FrameResult, LossWeights, StyleTargets, TemporalTerm,
-                                       compute_style_targets, stylize_coarse_to_fine, stylize_frame)
+                                       compute_style_targets, octave_sizes, stylize_coarse_to_fine,
+                                       stylize_frame)
 from videostyle.model.tiled import TILE_HALO, TiledObjective
 from videostyle.motion.temporal import initial_image
 from videostyle.timing import PHASES
@@ -302,15 +303,20 @@ def stylize_still(rgb: np.ndarray, cfg: StyleConfig, *, device: torch.device, sn
     return out, done.result.losses
 
 
+def fresh_frame_iterations(cfg: StyleConfig, working: tuple[int, int]) -> int:
+    """Optimiser iterations of a frame optimised from scratch at ``working`` ``(W, H)`` px:
+    ``iters_first`` at each octave level :func:`~videostyle.model.optimise.octave_sizes` keeps."""
+    levels = len(octave_sizes(working[1], working[0], cfg.octaves)) if cfg.octaves > 1 else 1
+    return levels * cfg.iters_first
+
+
 def still_iterations(rgb: np.ndarray, cfg: StyleConfig, *, refine_iters: int | None = None) -> int:
-    """Optimiser iterations :func:`stylize_still` runs on ``rgb`` ``(H, W, 3)``: ``iters_first`` at each
-    octave, then (``refine_iters`` not None) those of the upscale to the source size."""
-    from videostyle.model.optimise import octave_sizes
+    """Optimiser iterations :func:`stylize_still` runs on ``rgb`` ``(H, W, 3)``: those of a frame from
+    scratch, then (``refine_iters`` not None) those of the upscale to the source size."""
     from videostyle.model.upscale import refine_iterations
 
     working = images.working_size(rgb.shape[1], rgb.shape[0], cfg.size)
-    octaves = len(octave_sizes(working[1], working[0], cfg.octaves)) if cfg.octaves > 1 else 1
-    total = octaves * cfg.iters_first
+    total = fresh_frame_iterations(cfg, working)
     if refine_iters is not None:
         total += refine_iterations(working, (rgb.shape[1], rgb.shape[0]), refine_iters)
     return total

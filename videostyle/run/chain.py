@@ -36,7 +36,7 @@ from videostyle.motion.flow import FlowEstimator, FlowWorker
 from videostyle.motion.temporal import initial_image, long_term_masks, mask_tensor, warm_start_mask, warp_previous
 from videostyle.run.plan import (ProgressFactory, RunPlan, RunSummary, check_disk_space, estimated_frame_count,
                                  first_frame, open_run_workdir, snapshot_writer)
-from videostyle.step import Stylizer, frame_generator, pick_device
+from videostyle.step import Stylizer, frame_generator, fresh_frame_iterations, pick_device
 from videostyle.store.frame_writer import FrameWriter
 from videostyle.store.workdir import FrameStore, WorkDir
 from videostyle.timing import PHASES
@@ -239,11 +239,7 @@ def _iteration_counter(bar, index: int, stylizer: Stylizer, content_rgb: np.ndar
     (``n``: ``iters_first`` at each octave level); None without a bar."""
     if bar is None:
         return None
-    from videostyle.model.optimise import octave_sizes
-
-    cfg = stylizer.cfg
-    h, w = content_rgb.shape[:2]
-    total = cfg.iters_first * (len(octave_sizes(h, w, cfg.octaves)) if cfg.octaves > 1 else 1)
+    total = fresh_frame_iterations(stylizer.cfg, (content_rgb.shape[1], content_rgb.shape[0]))
     done = [0]
 
     def on_step() -> None:
