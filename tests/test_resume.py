@@ -166,21 +166,27 @@ def test_noise_init_resumes_to_the_same_frames(job):
     assert _frames(root / "n.work") == whole
 
 
-@pytest.mark.slow
-def test_sigterm_stops_cleanly_and_says_how_to_resume(job):
-    root, clip, style, _, _ = job
-    work = root / "s.work"
-    proc = subprocess.Popen([sys.executable, "-m", "videostyle",
-                             *_args(root, clip, style, "s", "--iters", "3,200")],
+def _signal_after_first_frame(argv: list[str], work, sig: int, **popen_kwargs):
+    """Run ``videostyle *argv`` in a subprocess, send ``sig`` once the work dir ``work`` has journaled a
+    frame (and the next is being optimised); returns ``(process, stderr)`` after it exits."""
+    proc = subprocess.Popen([sys.executable, "-m", "videostyle", *argv],
                             env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen_kwargs)
     journal = work / "journal.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (journal.exists() and journal.read_text().strip()):
         time.sleep(0.05)
     time.sleep(0.3)  # into frame 1's 200 iterations
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
+    return proc, err
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_and_says_how_to_resume(job):
+    root, clip, style, _, _ = job
+    work = root / "s.work"
+    proc, err = _signal_after_first_frame(_args(root, clip, style, "s", "--iters", "3,200"), work, signal.SIGTERM)
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1] == (
         f"videostyle: interrupted; finished frames are kept. To resume: videostyle resume {work}")
@@ -253,18 +259,8 @@ def test_sigint_stops_cleanly_even_when_started_with_sigint_ignored(job):
     as Ctrl-C does: exit 130, finished frames kept."""
     root, clip, style, _, _ = job
     work = root / "i.work"
-    proc = subprocess.Popen([sys.executable, "-m", "videostyle",
-                             *_args(root, clip, style, "i", "--iters", "3,200")],
-                            env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    journal = work / "journal.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (journal.exists() and journal.read_text().strip()):
-        time.sleep(0.05)
-    time.sleep(0.3)  # into frame 1's 200 iterations
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    proc, err = _signal_after_first_frame(_args(root, clip, style, "i", "--iters", "3,200"), work, signal.SIGINT,
+                                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1] == (
         f"videostyle: interrupted; finished frames are kept. To resume: videostyle resume {work}")
