@@ -233,8 +233,9 @@ def main() -> None:
 
     weights = resolve_weights(args.weights, args.model)
     encoder = VGGEncoder(["relu4_2", *STYLE_LAYERS], weights)
+    grams = style_grams(encoder, Path(args.style), args.size)
     if args.clip:
-        return real_clip(args, encoder, weights, first, later)
+        return real_clip(args, encoder, grams, weights, first, later)
     frames = pan_clip(Path(args.photo), args.size, args.frames, args.speed)
     print(f"weights: {weights.label}; {Path(args.photo).stem} x {Path(args.style).stem}, "
           f"{frames[0].shape[1]}x{frames[0].shape[0]} px, {args.frames} frames panning {args.speed} px/frame, "
@@ -246,9 +247,6 @@ def main() -> None:
         source = [images.to_uint8(images.to_tensor(f)) for f in frames]
         for spec in args.variants.split(";"):
             name, cfg, levers = variant_config(spec, args, first, later)
-            style = images.to_tensor(images.resize_rgb(images.load_image(Path(args.style)),
-                                                       images.working_size(*_wh(Path(args.style)), args.size)))
-            grams = compute_style_targets(encoder, [style], [1.0], STYLE_LAYERS).grams
             workdir = Path(tmp) / f"work_{len(name)}_{abs(hash(spec))}"
             start = time.perf_counter()
             with trial_levers(levers):
@@ -282,13 +280,15 @@ def variant_config(spec: str, args, first: int, later: int) -> tuple[str, StyleC
     return name, StyleConfig(styles=(args.style,), **overrides), levers
 
 
-def real_clip(args, encoder, weights, first: int, later: int) -> None:
+def real_clip(args, encoder, grams: dict, weights, first: int, later: int) -> None:
     from videostyle.model.metrics import temporal_warping_error
     from videostyle.tools.evaluate import read_frames
 
     print(f"weights: {weights.label}; {Path(args.clip).name} x {Path(args.style).stem} at {args.size} px, "
           f"iterations {first},{later}")
     print(f"{'variant':>24} {'style':>7} {'content':>8} {'E':>9} {'s':>6}")
+    source = read_frames(args.clip)
+    source = [images.resize_rgb(f, images.working_size(f.shape[1], f.shape[0], args.size)) for f in source]
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.variants.split(";"):
             name, cfg, levers = variant_config(spec, args, first, later)
@@ -299,11 +299,6 @@ def real_clip(args, encoder, weights, first: int, later: int) -> None:
                               RunOptions(workdir=str(workdir), keep_workdir=True, quiet=True, output_size="working"))
             seconds = time.perf_counter() - start
             out = work_frames(workdir)
-            h, w = out[0].shape[:2]
-            source = [images.resize_rgb(f, (w, h)) for f in read_frames(args.clip)]
-            style = images.to_tensor(images.resize_rgb(images.load_image(Path(args.style)),
-                                                       images.working_size(*_wh(Path(args.style)), args.size)))
-            grams = compute_style_targets(encoder, [style], [1.0], STYLE_LAYERS).grams
             dists = [quality_distances(encoder, images.to_tensor(o), images.to_tensor(src), grams) for o, src in
                      zip(out, source)]
             e = float(np.nanmean(temporal_warping_error(out, source)))
@@ -316,9 +311,11 @@ def real_clip(args, encoder, weights, first: int, later: int) -> None:
                 images.save_image(row, Path(args.save) / f"{Path(args.clip).stem}_{name.replace(' ', '_')}.png")
 
 
-def _wh(path: Path) -> tuple[int, int]:
+def style_grams(encoder, path: Path, size: int) -> dict:
+    """The style image's Gram matrices ``{layer: (1, C, C)}`` at a long edge of ``size`` px, as a frame's."""
     rgb = images.load_image(path)
-    return rgb.shape[1], rgb.shape[0]
+    style = images.to_tensor(images.resize_rgb(rgb, images.working_size(rgb.shape[1], rgb.shape[0], size)))
+    return compute_style_targets(encoder, [style], [1.0], STYLE_LAYERS).grams
 
 
 if __name__ == "__main__":
