@@ -16,10 +16,11 @@
     --size) on the first --frames frames of a real clip, decode, flow, journal and encode included;
 (4) peak memory (process max RSS on CPU; max allocated on CUDA), and with --check-size WxH whether
     one iteration at that size (e.g. 1920x1080) fits, with its peak memory;
-(5) with --tiled WxH: seconds per iteration and peak memory of one frame at that size untiled and with
-    --tile-px tiles (each in a fresh process, so each peak RSS is its own), --tile-iters iterations with
-    --lbfgs-history pairs; and, from videostyle.model.memory's model, the largest 16:9 frame that fits
-    --budget GB untiled and tiled.
+(5) with --tiled WxH: seconds per iteration and peak memory of one frame at that size, --tile-iters
+    iterations: planned for --budget GiB of process memory (tiles, and the L-BFGS history the plan keeps;
+    --tile-px forces a tile), then untiled with the same history (each in a fresh process, so each peak
+    RSS is its own); and, from videostyle.model.memory's model, the largest 16:9 frame whose frame
+    budget is --budget GiB, untiled and tiled.
 Untrained seeded weights by default (no weights can be downloaded here): timings do not depend on
 the weights' values, but the iteration counts are only indicative of ImageNet behaviour.
 """
@@ -51,6 +52,7 @@ from videostyle.model.optimise import (FrameObjective, LossWeights, TemporalTerm
 from videostyle.step import pick_device  # noqa: E402
 from videostyle.run.api import stylize_video  # noqa: E402
 from videostyle.motion.temporal import initial_image, mask_tensor, warm_start_mask, warp_previous  # noqa: E402
+from videostyle.model.tiling import tile_grid  # noqa: E402
 
 STYLE_LAYERS = {f"relu{i}_1": 0.2 for i in range(1, 6)}
 
@@ -124,10 +126,10 @@ def main() -> None:
                     help="precisions for (1), comma-separated (default fp32 on CPU, fp32,bf16 on CUDA)")
     ap.add_argument("--parts", default="1,2,3,4", help="which measurements to run (default 1,2,3,4)")
     ap.add_argument("--tiled", default=None, help="(5): the frame size WxH to compare tiled and untiled at")
-    ap.add_argument("--tile-px", type=int, default=512)
+    ap.add_argument("--tile-px", type=int, default=None, help="(5): force this tile instead of the plan for --budget")
     ap.add_argument("--tile-iters", type=int, default=5)
-    ap.add_argument("--lbfgs-history", type=int, default=5)
-    ap.add_argument("--budget", type=float, default=2.5, help="GB for (5)'s largest-size rows")
+    ap.add_argument("--lbfgs-history", type=int, default=5, help=argparse.SUPPRESS)  # (5)'s untiled child
+    ap.add_argument("--budget", type=float, default=2.5, help="GiB: (5)'s memory plan (the process's peak)")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--check-size", default=None,
                     help="also check that one iteration at WxH fits in memory (e.g. 1920x1080)")
@@ -301,64 +303,77 @@ def end_to_end(args) -> tuple[str, str]:
 
 
 def tiled_child(args) -> dict:
-    """One frame of --tiled's size, --tile-iters iterations, tiled when ``--_child tiled``."""
+    """One frame of --tiled's size, --tile-iters iterations (a fresh process, so its peak RSS is its own).
+
+    ``--_child tiled``: the memory plan for --budget GB (the process's peak), or --tile-px when given;
+    ``--_child untiled``: the whole frame, with --lbfgs-history pairs.
+    """
     from videostyle.step import Stylizer
     width, height = (int(v) for v in args.tiled.lower().split("x"))
-    cfg = StyleConfig(styles=(args.style,), size=max(width, height), weights=args.weights,
-                      lbfgs_history=args.lbfgs_history)
+    cfg = StyleConfig(styles=(args.style,), size=max(width, height), weights=args.weights, model=args.model,
+                      lbfgs_history=50 if args._child == "tiled" else args.lbfgs_history)
     frame = images.resize_rgb(read_frames(Path(args.clip), 1)[0], (width, height))
     stylizer = Stylizer(cfg, device=pick_device(args.device), working_size=(width, height))
-    stylizer.plan_tiles((width, height), tile=args.tile_px if args._child == "tiled" else 10**9)
+    if args._child == "untiled":
+        stylizer.plan_memory((width, height), tile=10**9)
+    else:
+        stylizer.plan_memory((width, height), tile=args.tile_px, max_memory=int(args.budget * 2**30))
     content = images.to_tensor(frame, stylizer.device)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
     stylizer.stylize(content, content, iterations=args.tile_iters, warm_started=True, evaluate_result=False)
     seconds = (time.perf_counter() - t) / args.tile_iters
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": seconds, "peak_mib": peak / 1024, "before_mib": base / 1024}
+    tile = stylizer.tile if stylizer.tile is not None and stylizer.tile < max(width, height) else None
+    return {"seconds": seconds, "peak_mib": peak / 1024, "before_mib": base / 1024, "tile": tile,
+            "grid": tile_grid(height, width, tile) if tile else (1, 1), "history": stylizer.history}
 
 
 def tiled_rows(args) -> list[tuple[str, str]]:
-    """(5): tiled against untiled at --tiled, each in a fresh process; the largest sizes for --budget."""
+    """(5): the memory plan for --budget GB at --tiled, then the whole frame with the plan's history, each
+    in a fresh process; and the model's largest 16:9 frames for --budget."""
     import subprocess
     from videostyle.model import memory
     from videostyle.model.features import VGGEncoder
-    from videostyle.model.tiled import TILE_HALO
+    from videostyle.model.tiling import TILE_HALO
     rows, results = [], {}
-    for mode in ("untiled", "tiled"):
-        cmd = [sys.executable, __file__, "--_child", mode, *sys.argv[1:]]
+    argv = [a for a in sys.argv[1:]]
+    for mode in ("tiled", "untiled"):
+        extra = ["--lbfgs-history", str(results["tiled"]["history"])] if mode == "untiled" else []
+        cmd = [sys.executable, __file__, "--_child", mode, *argv, *extra]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        results[mode] = json.loads(out)
-        r = results[mode]
-        rows.append((f"(5) {args.tiled} {mode}{f' (tile {args.tile_px} px, halo {TILE_HALO})' if mode == 'tiled' else ''}, "
-                     f"{args.tile_iters} it, history {args.lbfgs_history}",
+        results[mode] = r = json.loads(out)
+        how = (f"{r['grid'][1]}x{r['grid'][0]} tiles of <= {r['tile']} px, halo {TILE_HALO}" if r["tile"]
+               else "whole frame")
+        plan = (f", planned for {args.budget:g} GiB" if mode == "tiled" and args.tile_px is None else "")
+        rows.append((f"(5) {args.tiled} {mode} ({how}{plan}), {args.tile_iters} it, history {r['history']}",
                      f"{r['seconds']:.2f} s/iteration, peak RSS {r['peak_mib']:.0f} MiB "
                      f"({r['before_mib']:.0f} before the iterations)"))
     rows.append(("(5) tiled / untiled: time per iteration, peak RSS",
                  f"{results['tiled']['seconds'] / results['untiled']['seconds']:.2f}x, "
                  f"{results['tiled']['peak_mib'] / results['untiled']['peak_mib']:.2f}x"))
-    encoder = VGGEncoder(["relu4_2", *STYLE_LAYERS], resolve_weights(args.weights))
+    encoder = VGGEncoder(["relu4_2", *STYLE_LAYERS], resolve_weights(args.weights, args.model))
     stack = [name for name, _ in encoder.stack.named_children()]
     weights_bytes = sum(p.numel() * p.element_size() for p in encoder.parameters())
     budget = int(args.budget * 2**30)
-    for history in (50, args.lbfgs_history):
+    for history in (50, 5):
         largest = {}
         for mode in ("untiled", "tiled"):
             best = None
             for long_edge in range(256, 8192 + 1, 64):
                 w, h = long_edge, long_edge * 9 // 16
                 try:
-                    tile = memory.choose_tile(h, w, stack, budget_bytes=budget, halo=TILE_HALO,
+                    plan = memory.plan_memory(h, w, stack, budget_bytes=budget, halo=TILE_HALO,
                                               read_layers=encoder.layers, history_size=history,
                                               weights_bytes=weights_bytes)
                 except ValueError:
                     break
-                if mode == "untiled" and tile is not None:
+                if mode == "untiled" and plan.tile is not None:
                     break
-                best = f"{w}x{h}"
+                best = f"{w}x{h}" + (f" (history {plan.history})" if plan.history != history else "")
             largest[mode] = best
-        rows.append((f"(5) model: largest 16:9 frame in {args.budget:g} GB, history {history}: untiled / tiled",
-                     f"{largest['untiled']} / {largest['tiled']}"))
+        rows.append((f"(5) model: largest 16:9 frame for a {args.budget:g} GiB frame budget, history {history}: "
+                     f"untiled / tiled", f"{largest['untiled']} / {largest['tiled']}"))
     return rows
 
 

@@ -8,8 +8,9 @@ import torch
 from videostyle.model.features import VGGEncoder, resolve_weights
 from videostyle.model.optimise import FrameObjective, LossWeights, TemporalTerm, compute_style_targets, stylize_frame
 from videostyle.model import memory
-from videostyle.model.memory import choose_tile
-from videostyle.model.tiled import ALIGN, TiledObjective, plan_tiles, receptive_radius
+from videostyle.model.memory import MIN_HISTORY, MemoryPlan, plan_memory, tiled_peak_bytes
+from videostyle.model.tiled import TiledObjective
+from videostyle.model.tiling import ALIGN, largest_crop, plan_tiles, receptive_radius, tile_grid
 
 STYLE = {"relu1_1": 0.2, "relu2_1": 0.2, "relu3_1": 0.2, "relu4_1": 0.2, "relu5_1": 0.2}
 CONTENT = {"relu4_2": 1.0}
@@ -101,20 +102,34 @@ def test_a_forced_tile_gives_the_untiled_picture(tmp_path):
     assert np.abs(plain - tiled).mean() < 0.5 and np.abs(plain - tiled).max() <= 8
 
 
-def test_the_tile_chosen_for_a_memory_budget():
-    names = [n for n, _ in VGGEncoder(["relu5_1"], resolve_weights("untrained")).stack.named_children()]
+def _stack(model="vgg19"):
+    return [n for n, _ in VGGEncoder(["relu5_1"], resolve_weights("untrained", model)).stack.named_children()]
+
+
+def test_the_memory_plan_for_a_budget():
+    names = _stack()
     model = memory.estimate_peak_bytes(2160, 3840, names, history_size=50)
-    assert choose_tile(2160, 3840, names, budget_bytes=model["total"], halo=96) is None  # it fits whole
-    tile = choose_tile(2160, 3840, names, budget_bytes=14 << 30, halo=96)
-    assert tile is not None and tile % ALIGN == 0 and tile < 2160
-    crop = min(2160, tile + 192), min(3840, tile + 192)
+    assert plan_memory(2160, 3840, names, budget_bytes=model["total"], halo=96) == MemoryPlan(None, 50, model["total"])
+    # 4K in a 16 GB GPU's budget: tiles, and all 50 pairs, since the tiles stay large.
+    plan = plan_memory(2160, 3840, names, budget_bytes=14 << 30, halo=96)
+    assert plan.tile is not None and plan.tile % ALIGN == 0 and plan.history == 50
+    crop = largest_crop(2160, 3840, tile=plan.tile, halo=96)
     need = (model["frame_tensors"] + model["lbfgs"] + memory.vgg_activation_bytes(*crop, names)
             + memory.transient_bytes(*crop))
-    assert need <= 14 << 30
+    assert need == plan.peak_bytes <= 14 << 30
+    rows, cols = tile_grid(2160, 3840, plan.tile)
+    assert rows * cols <= 12  # no finer than 1024 px tiles' grid
+    # 1080p in 2.4 GB: 50 pairs alone would be 2.5 GB; fewer pairs keep 1024 px tiles' 2x2 grid.
+    plan = plan_memory(1080, 1920, names, budget_bytes=int(2.4 * 2**30), halo=96)
+    assert MIN_HISTORY < plan.history < 50 and tile_grid(1080, 1920, plan.tile) == (2, 2)
+    assert plan.peak_bytes <= 2.4 * 2**30
+    # Less: the fewest pairs, and the largest tile that fits with them.
+    plan = plan_memory(1080, 1920, names, budget_bytes=1 << 30, halo=96)
+    assert plan.history == MIN_HISTORY and tile_grid(1080, 1920, plan.tile) > (2, 2)
+    assert plan.peak_bytes <= 1 << 30 < tiled_peak_bytes(1080, 1920, names, tile=plan.tile + 64, halo=96,
+                                                         history_size=MIN_HISTORY)
     with pytest.raises(ValueError, match=r"3840x2160 px needs at least \d+ MiB .* more than 1024 MiB"):
-        choose_tile(2160, 3840, names, budget_bytes=1 << 30, halo=96)
-    # A smaller history is what makes 4K fit a 10 GB budget.
-    assert choose_tile(2160, 3840, names, budget_bytes=10 << 30, halo=96, history_size=5) is not None
+        plan_memory(2160, 3840, names, budget_bytes=1 << 30, halo=96)
 
 
 @pytest.mark.parametrize("text, expected", [("4GB", 4 << 30), ("512MB", 512 << 20), ("2.5GiB", int(2.5 * 2**30)),
@@ -130,3 +145,87 @@ def test_a_bad_max_memory_is_one_line(capsys):
         main(["image", "a.png", "--style", "b.png", "--max-memory", "lots"])
     assert stop.value.code == 2
     assert "--max-memory: expected a size such as 4GB or 512MB, got 'lots'" in capsys.readouterr().err
+
+
+def test_a_large_style_image_gives_the_same_gram_matrices_from_tiles():
+    """compute_style_targets tiles an image longer than FEATURE_PASS_TILE px (a 1920 px style image
+    whole took 1.9 GB): the same Gram matrices, to float rounding, as the whole image."""
+    from videostyle.model import losses
+    from videostyle.model.tiling import FEATURE_PASS_TILE, tiled_grams
+
+    encoder = VGGEncoder([*STYLE], resolve_weights("untrained"))
+    g = torch.Generator().manual_seed(1)
+    image = torch.nn.functional.interpolate(torch.rand((1, 3, 13, 21), generator=g), size=(200, 328),
+                                            mode="bicubic").clamp(0, 1)
+    with torch.no_grad():
+        feats = encoder(image)
+        whole = {layer: losses.gram(feats[layer]) for layer in STYLE}
+    tiled = tiled_grams(encoder, image, list(STYLE), tile=96)  # 3x4 tiles, ragged at the edges
+    for layer in STYLE:
+        assert tiled[layer].shape == whole[layer].shape
+        assert float((tiled[layer] - whole[layer]).norm() / whole[layer].norm()) < 1e-5, layer
+    # The rule is fixed (not the memory budget), so a resumed run computes the same targets.
+    big = torch.rand((1, 3, 64, FEATURE_PASS_TILE + 16), generator=g)
+    a = compute_style_targets(encoder, [big], [1.0], list(STYLE)).grams
+    b = compute_style_targets(encoder, [big], [1.0], list(STYLE)).grams
+    assert all(torch.equal(a[layer], b[layer]) for layer in STYLE)
+
+
+class _Stylizer:
+    def __init__(self, tile, history):
+        from types import SimpleNamespace
+        self.cfg, self.tile, self.history = SimpleNamespace(lbfgs_history=50), tile, history
+
+
+@pytest.mark.parametrize("forced_tile", [None, 48])
+def test_a_resume_keeps_the_memory_plan_the_run_started_with(tmp_path, forced_tile):
+    """The first run records its tile and L-BFGS pairs; a resume keeps the pairs always (they change
+    pixels) and the tile unless --tile is given, whatever the memory free now would plan."""
+    from videostyle.config import RunOptions
+    from videostyle.run.chain import _keep_memory_plan
+    from videostyle.store.workdir import WorkDir
+
+    with WorkDir.open(tmp_path / "w", {"config_hash": "x"}) as work:
+        _keep_memory_plan(work, _Stylizer(tile=224, history=7), RunOptions())
+    assert WorkDir.read_manifest(tmp_path / "w")["tile"] == 224
+    assert WorkDir.read_manifest(tmp_path / "w")["lbfgs_pairs"] == 7
+    # What plan_memory gives at the resume: more memory is free (untiled, all 50 pairs), or --tile.
+    now = _Stylizer(tile=forced_tile, history=50)
+    with WorkDir.open(tmp_path / "w", {"config_hash": "x"}) as work:
+        _keep_memory_plan(work, now, RunOptions(tile=forced_tile))
+    assert now.history == 7 and now.tile == (224 if forced_tile is None else forced_tile)
+    assert WorkDir.read_manifest(tmp_path / "w")["tile"] == now.tile
+
+
+def test_a_work_dir_from_before_the_memory_plan_resumes_with_the_configs_pairs(tmp_path):
+    from videostyle.config import RunOptions
+    from videostyle.run.chain import _keep_memory_plan
+    from videostyle.store.workdir import WorkDir
+
+    with WorkDir.open(tmp_path / "w", {"config_hash": "x"}) as work:
+        work.update_manifest(tile=None)  # what 0.3's runs recorded
+    now = _Stylizer(tile=320, history=9)
+    with WorkDir.open(tmp_path / "w", {"config_hash": "x"}) as work:
+        _keep_memory_plan(work, now, RunOptions())
+    assert (now.tile, now.history) == (None, 50)
+
+
+def test_fewer_lbfgs_pairs_are_announced(caplog, monkeypatch):
+    """A plan that lowers the history says so in one line (it changes the result); tiles alone are
+    only logged at -v."""
+    import logging
+
+    from videostyle.config import StyleConfig
+    from videostyle.step import Stylizer
+
+    monkeypatch.setattr(memory, "plan_memory", lambda *a, **k: MemoryPlan(1072, 12, 1 << 30))
+    stylizer = Stylizer.__new__(Stylizer)
+    stylizer.cfg, stylizer.device, stylizer.precision = StyleConfig(styles=("s.png",)), torch.device("cpu"), "fp32"
+    stylizer.encoder = VGGEncoder(["relu1_1"], resolve_weights("untrained"))
+    with caplog.at_level(logging.INFO, logger="videostyle.step"):
+        stylizer.plan_memory((1920, 1080), max_memory=8 << 30)
+    assert (stylizer.tile, stylizer.history) == (1072, 12)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["1920x1080 px frames: L-BFGS keeps 12 correction pairs instead of 50, to fit the memory "
+                        f"({warnings[0].split('(')[1]}"]
+    assert any("2x2 tiles" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)

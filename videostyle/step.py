@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -30,7 +30,8 @@ from videostyle.model.masks import FrameMasks, composite
 from videostyle.model.optimise import (FrameObjective, FrameResult, LossWeights, StyleTargets, TemporalTerm,
                                        compute_style_targets, octave_sizes, stylize_coarse_to_fine,
                                        stylize_frame)
-from videostyle.model.tiled import TILE_HALO, TiledObjective
+from videostyle.model.tiled import TiledObjective
+from videostyle.model.tiling import TILE_HALO, tile_grid
 from videostyle.motion.temporal import initial_image
 from videostyle.timing import PHASES
 
@@ -66,14 +67,24 @@ def frame_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
 
 
-def default_memory_budget(device: torch.device) -> int | None:
-    """Bytes a frame's optimisation may use by default: 90% of a GPU's memory less 0.5 GiB (CUDA's
-    context is outside torch's allocator), or 60% of the memory available on the CPU (measured there:
-    peak RSS 1.6x :mod:`videostyle.model.memory`'s model); None where unknown."""
+def frame_memory_budget(device: torch.device, max_memory: int | None = None, *, reserve: int = 0) -> int | None:
+    """Bytes one frame's optimisation may use (:mod:`videostyle.model.memory`'s model), None where unknown.
+
+    ``max_memory``: the run's peak, bytes: on the CPU the process's resident memory, on a GPU what
+    torch allocates there. What the process holds already (torch, the weights, the style targets) and
+    ``reserve`` (the video pipeline's buffers) are taken off. None: 90% of a GPU's memory less 0.5 GiB
+    (CUDA's context is outside torch's allocator), or 60% of the memory available on the CPU (measured
+    there: an untiled frame's peak RSS is 1.6x the model's).
+    """
     if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory * 0.9) - (512 << 20)
-    available = memory.available_memory()
-    return None if available is None else int(available * 0.6)
+        held = torch.cuda.memory_allocated(device)
+        if max_memory is None:
+            max_memory = int(torch.cuda.get_device_properties(device).total_memory * 0.9) - (512 << 20)
+        return max_memory - held - reserve
+    if max_memory is None:
+        available = memory.available_memory()
+        return None if available is None else int(available * 0.6) - reserve
+    return max_memory - (memory.resident_memory() or 0) - reserve
 
 
 @dataclass(frozen=True)
@@ -100,7 +111,8 @@ class Stylizer:
     the Gram matrices and the losses stay float32); see :class:`~videostyle.model.features.VGGEncoder`.
 
     ``tile``: evaluate VGG on tiles of at most this many px a side (:mod:`videostyle.model.tiled`) when the
-    frame is larger; None: the whole frame at once.
+    frame is larger; None: the whole frame at once. :meth:`plan_memory` sets it, and ``history`` (the
+    L-BFGS correction pairs), for a memory budget.
     """
 
     on_step: Callable[[], None] | None = None  # called after each optimiser iteration (a progress bar)
@@ -112,6 +124,7 @@ class Stylizer:
         self.device = device
         self.precision = precision
         self.tile = tile
+        self.history = cfg.lbfgs_history  # L-BFGS correction pairs (plan_memory may lower it)
         # The mask first: a bad --mask is reported before the weights are loaded.
         self.masks = FrameMasks(cfg.mask, working_size, feather_px=cfg.mask_feather) if cfg.mask else None
         self.weights = resolve_weights(cfg.weights, cfg.model)
@@ -123,6 +136,8 @@ class Stylizer:
             torch.backends.cudnn.benchmark = True  # fixed input size for the whole run: pick the fastest
         self.encoder = VGGEncoder(layers, self.weights, pooling=cfg.pooling,
                                   precision=precision).to(device)
+        # The encoder holds its own copy; the file's tensors (the whole of VGG-19's features: 80 MB) go.
+        self.weights = replace(self.weights, state_dict=None)
         self.colour_reference = colour_reference
         self.targets = self._style_targets(working_size)
 
@@ -193,7 +208,7 @@ class Stylizer:
         (docs/BENCHMARKS.md), coarse levels there cost more iterations to the same loss than they save.
         """
         kwargs = dict(optimizer=self.cfg.optimizer, learning_rate=self.cfg.learning_rate,
-                      tol_loss_relative=self.cfg.tol_loss_relative, history_size=self.cfg.lbfgs_history,
+                      tol_loss_relative=self.cfg.tol_loss_relative, history_size=self.history,
                       evaluate_result=evaluate_result,
                       on_image=on_image)
         if self.cfg.octaves > 1 and not warm_started:
@@ -203,29 +218,39 @@ class Stylizer:
         objective = self.make_objective(self.encoder, content, self.targets, self.loss_weights, temporal)
         return stylize_frame(objective, init, iterations=iterations, **kwargs)
 
-    def plan_tiles(self, working_size: tuple[int, int], *, tile: int | None = None,
-                   max_memory: int | None = None) -> None:
-        """Sets :attr:`tile` for frames of ``working_size`` ``(W, H)``: ``tile`` when given, else the
-        largest tile whose peak (:mod:`videostyle.model.memory`) fits ``max_memory`` bytes (default: what
-        the device has, less a margin), None when the whole frame fits."""
+    def plan_memory(self, working_size: tuple[int, int], *, tile: int | None = None,
+                    max_memory: int | None = None, reserve: int = 0) -> None:
+        """Sets :attr:`tile` and :attr:`history` for frames of ``working_size`` ``(W, H)``
+        (:func:`videostyle.model.memory.plan_memory`): ``tile`` when given (with the config's history),
+        else what fits ``max_memory`` (:func:`frame_memory_budget`; ``reserve`` bytes for what else the
+        run holds): untiled when the whole frame fits, else tiles, and fewer L-BFGS pairs when tiles
+        alone would have to be small."""
+        self.history = self.cfg.lbfgs_history
         if tile is not None:
             self.tile = tile
             return
-        budget = max_memory if max_memory is not None else default_memory_budget(self.device)
+        self.tile = None
+        budget = frame_memory_budget(self.device, max_memory, reserve=reserve)
         if budget is None:
             return
         width, height = working_size
         try:
-            self.tile = memory.choose_tile(
+            plan = memory.plan_memory(
                 height, width, [name for name, _ in self.encoder.stack.named_children()], budget_bytes=budget,
                 halo=TILE_HALO, precision=self.precision, read_layers=self.encoder.layers,
                 history_size=self.cfg.lbfgs_history,
                 weights_bytes=sum(p.numel() * p.element_size() for p in self.encoder.parameters()))
         except ValueError as exc:
-            raise InputError(f"{exc}; lower --lbfgs-history or --size, or raise --max-memory") from exc
-        if self.tile is not None:
-            log.info("%dx%d px frames are optimised in tiles of %d px to fit %.1f GiB", width, height,
-                     self.tile, budget / 2**30)
+            raise InputError(f"{exc}; lower --size, or raise --max-memory") from exc
+        self.tile, self.history = plan.tile, plan.history
+        if plan.tile is not None:
+            rows, cols = tile_grid(height, width, plan.tile)
+            log.info("%dx%d px frames: VGG runs on %dx%d tiles (at most %d px a side) to fit %.2f GiB",
+                     width, height, cols, rows, plan.tile, budget / 2**30)
+        if plan.history < self.cfg.lbfgs_history:
+            log.warning("%dx%d px frames: L-BFGS keeps %d correction pairs instead of %d, to fit the memory "
+                        "(%.2f GiB for the frame); --max-memory raises it", width, height, plan.history,
+                        self.cfg.lbfgs_history, budget / 2**30)
 
     def make_objective(self, encoder, content, targets, weights, temporal=()):
         """The frame objective: VGG on the whole frame, or on tiles of ``self.tile`` px (the same
@@ -288,7 +313,7 @@ def stylize_still(rgb: np.ndarray, cfg: StyleConfig, *, device: torch.device, sn
     content_rgb = images.resize_rgb(rgb, working)
     stylizer = Stylizer(cfg, device=device, working_size=working,
                         colour_reference=images.to_tensor(content_rgb, device), precision=precision)
-    stylizer.plan_tiles(working, tile=tile, max_memory=max_memory)
+    stylizer.plan_memory(working, tile=tile, max_memory=max_memory)
     stylizer.on_step = on_step
 
     def start(target):

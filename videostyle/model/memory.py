@@ -22,7 +22,11 @@ Convention:
 
 from __future__ import annotations
 
+import ctypes
+from dataclasses import dataclass
 from typing import Sequence
+
+from videostyle.model.tiling import ALIGN, largest_crop, tile_grid
 
 _BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
@@ -90,34 +94,112 @@ def estimate_peak_bytes(height: int, width: int, stack: Sequence[str], *, precis
     return terms
 
 
+# A memory plan keeps the L-BFGS history the config asks for while tiles this large (or the grid they
+# make) fit: beyond that, fewer correction pairs cost less than smaller tiles, whose overlap makes
+# every iteration slower (docs/BENCHMARKS.md, "Tiled optimisation").
+EFFICIENT_TILE = 1024
+
+# The fewest L-BFGS correction pairs a plan goes down to (neural-style's multi-resolution recipe uses 5
+# at its largest sizes).
+MIN_HISTORY = 5
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How one frame's optimisation fits a memory budget.
+
+    Attributes:
+        tile: VGG runs on tiles of at most this many px a side (:func:`videostyle.model.tiling.plan_tiles`);
+            None: on the whole frame.
+        history: L-BFGS correction pairs kept (at most the config's).
+        peak_bytes: the model's peak for this plan.
+    """
+
+    tile: int | None
+    history: int
+    peak_bytes: int
+
+
+def tiled_peak_bytes(height: int, width: int, stack: Sequence[str], *, tile: int, halo: int,
+                     precision: str = "fp32", read_layers: Sequence[str] = (), history_size: int = 50,
+                     weights_bytes: int = 0) -> int:
+    """The model's peak for frames of ``height x width`` optimised with VGG on tiles of ``tile`` px: the
+    frame's own tensors and the L-BFGS history (whole-frame whatever the tile) plus the largest crop's
+    VGG activations and backward transient."""
+    crop_h, crop_w = largest_crop(height, width, tile=tile, halo=halo)
+    return (frame_bytes(height, width) + lbfgs_bytes(height, width, history_size=history_size) + weights_bytes
+            + vgg_activation_bytes(crop_h, crop_w, stack, precision=precision, read_layers=read_layers)
+            + transient_bytes(crop_h, crop_w, precision=precision))
+
+
 def choose_tile(height: int, width: int, stack: Sequence[str], *, budget_bytes: int, halo: int,
                 precision: str = "fp32", read_layers: Sequence[str] = (), history_size: int = 50,
-                weights_bytes: int = 0, align: int = 16) -> int | None:
-    """The largest tile (px a side, a multiple of ``align``) whose peak fits ``budget_bytes``, or None
-    when the whole frame fits untiled.
+                weights_bytes: int = 0) -> int | None:
+    """The largest tile (px a side, a multiple of :data:`~videostyle.model.tiling.ALIGN`) whose peak fits
+    ``budget_bytes`` at ``history_size``, or None when none does (not even ``4 * ALIGN`` px)."""
+    tile = -(-max(height, width) // ALIGN) * ALIGN
+    grid = None
+    while tile >= 4 * ALIGN:
+        if tile_grid(height, width, tile) != grid:  # the same grid, the same crops: checked once
+            grid = tile_grid(height, width, tile)
+            if tiled_peak_bytes(height, width, stack, tile=tile, halo=halo, precision=precision,
+                                read_layers=read_layers, history_size=history_size,
+                                weights_bytes=weights_bytes) <= budget_bytes:
+                return tile
+        tile -= ALIGN
+    return None
 
-    The frame's own tensors and the L-BFGS history are whole-frame whatever the tile; VGG's activations
-    are one crop's (tile plus a halo on each side). Raises ValueError when not even a ``4 * align`` px
-    tile fits: then the history (or the size) is what must shrink.
+
+def plan_memory(height: int, width: int, stack: Sequence[str], *, budget_bytes: int, halo: int,
+                precision: str = "fp32", read_layers: Sequence[str] = (), history_size: int = 50,
+                weights_bytes: int = 0) -> MemoryPlan:
+    """The plan for frames of ``height x width`` px in ``budget_bytes``: untiled when the whole frame fits
+    at ``history_size``; else tiles, keeping the history while the tile grid is no finer than
+    :data:`EFFICIENT_TILE`'s; else fewer correction pairs (down to :data:`MIN_HISTORY`) for tiles that
+    large; else the largest tile that fits at :data:`MIN_HISTORY`.
+
+    Raises ValueError when not even a ``4 * ALIGN`` px tile fits with the fewest pairs: then the size is
+    what must shrink.
     """
-    whole = estimate_peak_bytes(height, width, stack, precision=precision, read_layers=read_layers,
-                                history_size=history_size, weights_bytes=weights_bytes)
-    if whole["total"] <= budget_bytes:
-        return None
-    fixed = whole["frame_tensors"] + whole["lbfgs"] + weights_bytes
-    # A no-grad pass keeps the Gram sums; the grad pass one crop's activations and transient set.
-    tile = max(height, width) // align * align
-    crop = 0
-    while tile >= 4 * align:
-        crop_h, crop_w = min(height, tile + 2 * halo), min(width, tile + 2 * halo)
-        crop = (vgg_activation_bytes(crop_h, crop_w, stack, precision=precision, read_layers=read_layers)
-                + transient_bytes(crop_h, crop_w, precision=precision))
-        if fixed + crop <= budget_bytes:
-            return tile
-        tile -= align
-    raise ValueError(f"{width}x{height} px needs at least {(fixed + crop) / 2**20:.0f} MiB (the frame, its "
-                     f"L-BFGS history of {history_size} pairs and the weights {fixed / 2**20:.0f} MiB, the "
-                     f"smallest tile's VGG {crop / 2**20:.0f} MiB), more than {budget_bytes / 2**20:.0f} MiB")
+    kw = dict(precision=precision, read_layers=read_layers, weights_bytes=weights_bytes)
+    whole = estimate_peak_bytes(height, width, stack, history_size=history_size, **kw)["total"]
+    if whole <= budget_bytes:
+        return MemoryPlan(None, history_size, whole)
+    efficient = tile_grid(height, width, EFFICIENT_TILE)
+    fewest = min(MIN_HISTORY, history_size)
+    for history in range(history_size, fewest - 1, -1):
+        tile = choose_tile(height, width, stack, budget_bytes=budget_bytes, halo=halo, history_size=history, **kw)
+        if tile is None:
+            continue
+        rows, cols = tile_grid(height, width, tile)
+        if rows * cols <= efficient[0] * efficient[1] or history == fewest:
+            return MemoryPlan(tile, history, tiled_peak_bytes(height, width, stack, tile=tile, halo=halo,
+                                                              history_size=history, **kw))
+    smallest = tiled_peak_bytes(height, width, stack, tile=4 * ALIGN, halo=halo, history_size=fewest, **kw)
+    fixed = frame_bytes(height, width) + lbfgs_bytes(height, width, history_size=fewest) + weights_bytes
+    raise ValueError(f"{width}x{height} px needs at least {smallest / 2**20:.0f} MiB (the frame, its L-BFGS "
+                     f"history of {fewest} pairs and the weights {fixed / 2**20:.0f} MiB, the smallest tile's "
+                     f"VGG {(smallest - fixed) / 2**20:.0f} MiB), more than {budget_bytes / 2**20:.0f} MiB")
+
+
+def resident_memory() -> int | None:
+    """Bytes this process holds in RAM now (Linux ``VmRSS``), None where unknown.
+
+    Memory freed but kept by glibc's allocator is given back first (``malloc_trim``): the style pass
+    leaves about 0.3 GB of it, which the frame's optimisation would reuse, so it would count twice.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def available_memory() -> int | None:

@@ -35,6 +35,7 @@ from videostyle.motion import scenes
 from videostyle.motion.flow import FlowEstimator, FlowWorker
 from videostyle.motion.temporal import initial_image, long_term_masks, mask_tensor, warm_start_mask, warp_previous
 from videostyle.run.plan import (ProgressFactory, RunPlan, RunSummary, check_disk_space, estimated_frame_count,
+                                pipeline_memory,
                                  first_frame, open_run_workdir, snapshot_writer)
 from videostyle.step import Stylizer, frame_generator, fresh_frame_iterations, pick_device
 from videostyle.store.frame_writer import FrameWriter
@@ -48,14 +49,18 @@ log = logging.getLogger(__name__)
 LaterPasses = Callable[..., "tuple[FrameStore, int]"]
 
 
-def _keep_tiling(work: WorkDir, stylizer: Stylizer, opts: RunOptions) -> None:
-    """A resume keeps the tiling the run started with, unless ``--tile`` says otherwise: the default
-    tile follows the memory free at the time, and tiled and untiled frames differ by float rounding,
-    which would end the byte-identical resume. The first run records its tile in the manifest."""
-    if opts.tile is None and "tile" in work.manifest:
-        stylizer.tile = work.manifest["tile"]
-    elif work.manifest.get("tile", "unset") != stylizer.tile:
-        work.update_manifest(tile=stylizer.tile)
+def _keep_memory_plan(work: WorkDir, stylizer: Stylizer, opts: RunOptions) -> None:
+    """A resume keeps the memory plan the run started with (the first run records it in the manifest):
+    the L-BFGS history always, since it changes pixels, and the tile unless ``--tile`` says otherwise,
+    since tiled and untiled frames differ by float rounding, which would end the byte-identical resume.
+    Both would otherwise follow the memory free at the time."""
+    if "tile" in work.manifest:  # a run made before: a manifest without lbfgs_pairs kept the config's
+        stylizer.history = work.manifest.get("lbfgs_pairs", stylizer.cfg.lbfgs_history)
+        if opts.tile is None:
+            stylizer.tile = work.manifest["tile"]
+    plan = {"tile": stylizer.tile, "lbfgs_pairs": stylizer.history}
+    if any(work.manifest.get(key, "unset") != value for key, value in plan.items()):
+        work.update_manifest(**plan)
 
 
 def _stylize_in_workdir(plan: RunPlan, stylizer: Stylizer, work: WorkDir, opts: RunOptions,
@@ -300,8 +305,9 @@ def stylize_local(plan: RunPlan, opts: RunOptions, *, progress: ProgressFactory 
     reference = first_frame(info, working, device) if cfg.preserve_colors else None
     stylizer = Stylizer(cfg, device=device, working_size=working, colour_reference=reference,
                         precision=opts.precision)
-    stylizer.plan_tiles(working, tile=opts.tile, max_memory=opts.max_memory)
+    stylizer.plan_memory(working, tile=opts.tile, max_memory=opts.max_memory,
+                         reserve=pipeline_memory((info.width, info.height), plan.out_size))
     work, _ = open_run_workdir(plan, stylizer.weights.weights_id, opts, device=device, kill_point=kill_point)
     with work:  # locked until the end; a run stopped before its first frame leaves no work dir behind
-        _keep_tiling(work, stylizer, opts)
+        _keep_memory_plan(work, stylizer, opts)
         return _stylize_in_workdir(plan, stylizer, work, opts, progress, later_passes, kill_point)

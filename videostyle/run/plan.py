@@ -300,13 +300,19 @@ _ENCODER_FRAMES_HELD = 60
 _BASE_MEMORY = 512 << 20  # torch, the VGG encoder and its activations at working size (typical)
 
 
+def pipeline_memory(source_size: tuple[int, int], out_size: tuple[int, int]) -> int:
+    """Bytes a video run holds beside the frame's optimisation: decoded source frames of ``source_size``
+    ``(W, H)`` and the encoder's lookahead at ``out_size``."""
+    return (source_size[0] * source_size[1] * 3 * _SOURCE_FRAMES_HELD
+            + int(out_size[0] * out_size[1] * 1.5 * _ENCODER_FRAMES_HELD))
+
+
 def check_memory(source_size: tuple[int, int], out_size: tuple[int, int]) -> None:
     """``InputError`` when frames this large clearly cannot be decoded and encoded in the memory there is."""
     available = memory.available_memory()
     if available is None:
         return
-    need = (_BASE_MEMORY + source_size[0] * source_size[1] * 3 * _SOURCE_FRAMES_HELD
-            + int(out_size[0] * out_size[1] * 1.5 * _ENCODER_FRAMES_HELD))
+    need = _BASE_MEMORY + pipeline_memory(source_size, out_size)
     if need > available:
         raise InputError(f"video frames too large for the memory available: "
                          f"{source_size[0]}x{source_size[1]} px source, {out_size[0]}x{out_size[1]} px output "
