@@ -441,6 +441,48 @@ def section_memory(report: Report, budget: Budget, args, rgb: np.ndarray, device
             del s
 
 
+def section_tiled(report: Report, budget: Budget, args, rgb: np.ndarray, device: torch.device) -> None:
+    """Issue 17 on the device: at --tiled-sizes, the memory plan for --tiled-memory GiB (tiles, L-BFGS
+    pairs), its peak (max allocated) over a full history, and seconds per iteration against the same
+    frame untiled with the same pairs where that fits."""
+    from videostyle.model.tiled import TiledObjective
+    from videostyle.model.tiling import TILE_HALO, tile_grid
+    for size in args.tiled_sizes:
+        if budget.left() < 60:
+            report.note("tiled", f"{size[0]}x{size[1]}: skipped, time budget spent")
+            continue
+        s = Setup(args, rgb, size, args.tiled_precision, device)
+        st = s.stylizer
+        st.plan_memory(size, tile=args.tiled_tile, max_memory=int(args.tiled_memory * 2**30))
+        iters = min(args.memory_iters, st.history + 2)  # the history full from its last pair on
+        row = dict(size=f"{size[0]}x{size[1]}", precision=args.tiled_precision, budget_gib=args.tiled_memory,
+                   tile=st.tile, grid="x".join(map(str, tile_grid(size[1], size[0], st.tile))) if st.tile else "1x1",
+                   lbfgs_pairs=st.history, iterations=iters)
+        for mode in ("tiled", "untiled"):
+            if mode == "untiled" and budget.left() < 60:
+                break
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            objective = (TiledObjective(st.encoder, s.content, st.targets, st.loss_weights, s.objective.temporal,
+                                        tile=st.tile, halo=TILE_HALO) if mode == "tiled" and st.tile else s.objective)
+            try:
+                t = time.perf_counter()
+                stylize_frame(objective, s.content, iterations=iters, evaluate_result=False,
+                              history_size=st.history)
+                sync(device)
+                row[f"{mode}_ms"] = (time.perf_counter() - t) / iters * 1e3
+                if device.type == "cuda":
+                    row[f"{mode}_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+            except torch.OutOfMemoryError:
+                row[f"{mode}_ms"] = "OOM"
+            del objective
+        if isinstance(row.get("untiled_ms"), float) and isinstance(row.get("tiled_ms"), float):
+            row["tiled_over_untiled"] = row["tiled_ms"] / row["untiled_ms"]
+        report.row("tiled", **row)
+        del s, st
+
+
 def trim_clip(src: Path, dst: Path, n_frames: int) -> None:
     """The first ``n_frames`` frames of ``src`` re-encoded (H.264, the source's time base), with the
     audio of that span transcoded to AAC when there is audio."""
@@ -540,7 +582,9 @@ def parse_args(argv=None):
                     "samples/swirls.png)")
     ap.add_argument("--clips", default=None, help="comma-separated videos for e2e (default: flower.mp4 and "
                     "karma.mp4 from ../shared/data/videos)")
-    ap.add_argument("--sections", default="env,tests,speed,quality,memory,levers,e2e")
+    ap.add_argument("--sections", default="env,tests,speed,quality,memory,tiled,levers,e2e")
+    ap.add_argument("--tiled-memory", type=float, default=16.0,
+                    help="GiB: the memory plan of the tiled section (default 16: 4K in a 16 GB GPU)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
     if args.model is None and args.weights is None:
@@ -561,6 +605,7 @@ def parse_args(argv=None):
         args.frame_iters = 3
         args.frames, args.e2e_size, args.e2e_iters, args.e2e_min_left = 4, 64, (4, 2), 10
         args.e2e_precisions, args.lever_precisions = ("fp32",), ("fp32",)
+        args.tiled_sizes, args.tiled_precision, args.tiled_tile = [(256, 144)], "fp32", 96
         args.clips = args.clips[:1] if args.clips[0].is_file() else [Path("(generated)")]
     else:
         args.sizes = [(1280, 720), (1920, 1080)]
@@ -571,6 +616,7 @@ def parse_args(argv=None):
         args.frame_iters = QUALITY_PRESETS["default"]["iters"]
         args.frames, args.e2e_size, args.e2e_iters, args.e2e_min_left = 60, 1280, (0, 0), 60
         args.e2e_precisions, args.lever_precisions = ("fp32", "bf16"), ("fp32", "bf16")
+        args.tiled_sizes, args.tiled_precision, args.tiled_tile = [(3840, 2160)], "fp32", None
     return args
 
 
@@ -598,6 +644,8 @@ def main(argv=None) -> int:
                 section_quality(report, budget, args, rgb, device)
             elif name == "memory":
                 section_memory(report, budget, args, rgb, device)
+            elif name == "tiled":
+                section_tiled(report, budget, args, rgb, device)
             elif name == "e2e":
                 section_e2e(report, budget, args, device)
             elif name == "levers":

@@ -64,18 +64,21 @@ def test_memory_model_terms_scale_with_pixels():
 def test_gpu_check_smoke_writes_every_section(tmp_path):
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--smoke", "--out", str(out),
-                           "--sections", "env,speed,quality,memory,e2e,levers"],
+                           "--sections", "env,speed,quality,memory,tiled,e2e,levers"],
                           capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "gpu_check.json").read_text())
-    for section in ("env", "speed", "quality", "memory", "e2e", "levers"):
+    for section in ("env", "speed", "quality", "memory", "tiled", "e2e", "levers"):
         assert report["sections"].get(section), section
         assert not any("section failed" in note for note in report["notes"].get(section, [])), \
             report["notes"][section]
     speed = report["sections"]["speed"]
     assert {row["precision"] for row in speed} == {"fp32", "bf16", "fp16"}
     assert all(row["iteration_ms"] > 0 and row["ratio"] > 0 for row in speed)
+    tiled = report["sections"]["tiled"][0]
+    assert (tiled["tile"], tiled["grid"], tiled["lbfgs_pairs"]) == (96, "2x3", 50)
+    assert tiled["tiled_ms"] > 0 and tiled["untiled_ms"] > 0 and tiled["tiled_over_untiled"] > 0
     e2e = report["sections"]["e2e"][0]
     assert e2e["frames"] == 4 and e2e["optimise_share"] > 0
     assert (out / "gpu_check.md").read_text().startswith("# videostyle GPU check (smoke, CPU)")

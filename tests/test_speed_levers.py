@@ -58,7 +58,7 @@ def _stylizer(octaves: int, size=(160, 160)) -> tuple[Stylizer, torch.Tensor]:
     cfg = StyleConfig(styles=(__file__,), weights="untrained", octaves=octaves,
                       content_layers=(("relu2_1", 1.0),), style_layers=tuple(STYLE_LAYERS.items()))
     stylizer = Stylizer.__new__(Stylizer)  # the style image is a tensor here, not a file
-    stylizer.cfg, stylizer.device, stylizer.tile = cfg, torch.device("cpu"), None
+    stylizer.cfg, stylizer.device, stylizer.tile, stylizer.history = cfg, torch.device("cpu"), None, cfg.lbfgs_history
     stylizer.loss_weights = optimise.LossWeights(1.0, 20.0, 0.0, {"relu2_1": 1.0}, STYLE_LAYERS)
     stylizer.encoder = features.VGGEncoder(["relu2_1", *STYLE_LAYERS], features.resolve_weights("untrained"))
     style = (torch.rand(1, 3, 64, 64, generator=g) > 0.5).float()

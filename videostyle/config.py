@@ -5,7 +5,8 @@ CLI's parser and ``videostyle preview``'s "the stylize command" both read.
 ``StyleConfig`` holds what the optimiser does to every frame; its :meth:`StyleConfig.stable_hash` is what
 a resumed run must match. :class:`RunOptions` holds how a run is carried out; a resume need not match
 them, with one exception the manifest records on its own: ``precision`` (bf16/fp16 change the pixels).
-``tile``/``max_memory`` change frames only to float rounding, and a resume keeps the tile it started with;
+``tile``/``max_memory`` change frames only to float rounding, except where the memory plan keeps fewer
+L-BFGS pairs than ``lbfgs_history``; a resume keeps the tile and the pairs it started with (the manifest);
 the ``--ray`` segment sizes name the segment work dirs, so other sizes never reuse a segment.
 """
 
@@ -195,9 +196,10 @@ class RunOptions:
     keep_workdir: bool = False
     batch_size: int = 1           # frames journaled together; a finished batch is never redone
     precision: str = "fp32"       # VGG convolutions in fp32, bf16 or fp16 (autocast; losses stay fp32)
-    # Tiled VGG (videostyle.model.tiled): the same frames to float rounding, so neither is a resume setting.
+    # The memory plan (videostyle.model.memory.plan_memory): tiled VGG gives the same frames to float
+    # rounding; fewer L-BFGS pairs change them. The manifest records the plan and a resume keeps it.
     tile: int | None = None       # px a side; None: chosen from max_memory (untiled when the frame fits)
-    max_memory: int | None = None  # bytes for one frame's optimisation; None: the device's, less a margin
+    max_memory: int | None = None  # bytes, the run's peak (CPU: the process's RSS); None: the device's, less a margin
     # Many workers (videostyle.run.distributed): None = one process; "local" = a Ray instance started here
     # (or RAY_ADDRESS), else a Ray address. Segments of segment_frames, each with segment_overlap frames
     # of run-in cross-faded with the previous segment; ray_cpus per segment task on CPU workers. The
@@ -305,9 +307,10 @@ SETTINGS: dict[type, dict[str, Setting]] = {
         "device": Setting("--device", "auto|cpu|cuda|cuda:N"),
         "precision": Setting("--precision", "VGG's convolutions in fp32 (default), bf16 or fp16 (autocast, for "
                              "GPUs with tensor cores; the image and the losses stay fp32)"),
-        "max_memory": Setting("--max-memory", "memory for one frame's optimisation, e.g. 4GB: larger frames run "
-                              "VGG on tiles, with the same result to float rounding (default: the device's, "
-                              "less a margin)", metavar="SIZE"),
+        "max_memory": Setting("--max-memory", "the run's peak memory, e.g. 2.5GB (the process's on a CPU, the "
+                              "GPU's on a GPU): larger frames run VGG on tiles, with the same result to float "
+                              "rounding, and keep fewer L-BFGS pairs if tiles alone would be small (default: "
+                              "the device's, less a margin)", metavar="SIZE"),
         "tile": Setting("--tile", "run VGG on tiles of at most PX px a side (default: only when --max-memory "
                         "needs it)", metavar="PX"),
         "crf": Setting("--crf", "H.264 quality, lower is better (default {default})"),

@@ -67,12 +67,19 @@ def frame_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
 
 
+# A CPU process's peak over the memory model's, for a tiled 1080p image (docs/BENCHMARKS.md, "Tiled
+# optimisation"): 2.80 GB measured where the model planned 2.5 GB (1.87 GB of it the frame's). The
+# allocator's pieces and oneDNN's scratch space are not in the model.
+CPU_PEAK_OVER_MODEL = 1.15
+
+
 def frame_memory_budget(device: torch.device, max_memory: int | None = None, *, reserve: int = 0) -> int | None:
     """Bytes one frame's optimisation may use (:mod:`videostyle.model.memory`'s model), None where unknown.
 
     ``max_memory``: the run's peak, bytes: on the CPU the process's resident memory, on a GPU what
     torch allocates there. What the process holds already (torch, the weights, the style targets) and
-    ``reserve`` (the video pipeline's buffers) are taken off. None: 90% of a GPU's memory less 0.5 GiB
+    ``reserve`` (the video pipeline's buffers) are taken off; on the CPU the rest is divided by
+    :data:`CPU_PEAK_OVER_MODEL`. None: 90% of a GPU's memory less 0.5 GiB
     (CUDA's context is outside torch's allocator), or 60% of the memory available on the CPU (measured
     there: an untiled frame's peak RSS is 1.6x the model's).
     """
@@ -84,7 +91,7 @@ def frame_memory_budget(device: torch.device, max_memory: int | None = None, *, 
     if max_memory is None:
         available = memory.available_memory()
         return None if available is None else int(available * 0.6) - reserve
-    return max_memory - (memory.resident_memory() or 0) - reserve
+    return int((max_memory - (memory.resident_memory() or 0) - reserve) / CPU_PEAK_OVER_MODEL)
 
 
 @dataclass(frozen=True)
@@ -255,6 +262,8 @@ class Stylizer:
     def make_objective(self, encoder, content, targets, weights, temporal=()):
         """The frame objective: VGG on the whole frame, or on tiles of ``self.tile`` px (the same
         gradient to float rounding, in bounded memory: :mod:`videostyle.model.tiled`)."""
+        if self.device.type == "cpu":
+            memory.release_free_memory()  # each octave's tensors have other sizes than the last's
         if self.tile is None or max(content.shape[-2:]) <= self.tile:
             objective = FrameObjective(encoder, content, targets, weights, temporal)
         else:

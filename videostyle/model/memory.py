@@ -17,7 +17,9 @@ Convention:
       working vectors. At 3840x2160 the default 50 pairs alone are 10 GB: the history, not VGG, sets
       the largest size that fits.
 
-    Checked against measurements in docs/BENCHMARKS.md ("Memory model").
+    With tiles (:func:`plan_memory`), VGG's terms are one crop's; the frame's tensors and the history
+    stay whole-frame. Checked against measurements in docs/BENCHMARKS.md ("Memory model", "Tiled
+    optimisation").
 """
 
 from __future__ import annotations
@@ -182,16 +184,21 @@ def plan_memory(height: int, width: int, stack: Sequence[str], *, budget_bytes: 
                      f"VGG {(smallest - fixed) / 2**20:.0f} MiB), more than {budget_bytes / 2**20:.0f} MiB")
 
 
-def resident_memory() -> int | None:
-    """Bytes this process holds in RAM now (Linux ``VmRSS``), None where unknown.
-
-    Memory freed but kept by glibc's allocator is given back first (``malloc_trim``): the style pass
-    leaves about 0.3 GB of it, which the frame's optimisation would reuse, so it would count twice.
-    """
+def release_free_memory() -> None:
+    """Give memory freed but kept by glibc's allocator back to the system (``malloc_trim``; nothing
+    elsewhere). Tensors of one size freed (a coarse octave's, the style pass's) are kept in pieces that
+    tensors of another size cannot reuse, so without it the process's peak grows by them (measured:
+    about 0.3 GB at 1080p)."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def resident_memory() -> int | None:
+    """Bytes this process holds in RAM now (Linux ``VmRSS``), None where unknown; after
+    :func:`release_free_memory`, so memory the allocator would reuse is not counted as held."""
+    release_free_memory()
     try:
         with open("/proc/self/status") as fh:
             for line in fh:

@@ -71,6 +71,17 @@ class TiledObjective:
     def _evaluate(self, image: torch.Tensor, *, gradient: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         style_layers = list(self.weights.style_layers)
         variable, image = image, image.detach()
+        # The pixel-space terms on the whole image first: their whole-frame temporaries (about ten
+        # 3 x H x W tensors with their backward) are freed before any crop's VGG graph exists.
+        grad = torch.zeros_like(image)
+        with torch.set_grad_enabled(gradient):
+            x = image.clone().requires_grad_(True) if gradient else image
+            pixel = pixel_terms(x, self.temporal, self.weights)
+            if pixel and gradient:
+                sum(pixel.values()).backward()
+                grad += x.grad
+        pixel = {name: value.detach() for name, value in pixel.items()}
+        del x
         # Pass 1: the global Gram matrices, summed over the tiles' interiors. The last crop runs with
         # its graph kept, and is back-propagated first in pass 2: one forward pass fewer per iteration.
         kept: tuple[Tile, torch.Tensor, dict[str, torch.Tensor]] | None = None
@@ -91,44 +102,33 @@ class TiledObjective:
                     content_total = content_total + self._content(feats, t)
             del feats
         style_total, surrogate_matrices = self._style(sums)
-        if not gradient:
-            parts = {"content": content_total, "style": style_total}
-            with torch.no_grad():
-                parts.update(pixel_terms(image, self.temporal, self.weights))
-            return sum(parts.values()), parts
-        # Pass 2: each crop back-propagated alone through the surrogate, its gradient summed.
-        grad = torch.zeros_like(image)
-        for t in [kept[0], *self.tiles[:-1]]:
-            if kept is not None:
-                _, crop, feats = kept
-                kept = None
-            else:
-                crop = t.crop(image).clone().requires_grad_(True)
-                with torch.enable_grad():
-                    feats = self.encoder(crop)
-            with torch.enable_grad():
-                surrogate = crop.new_zeros(())
-                for layer in style_layers:
-                    f = feats[layer][(..., *t.interior(layer_stride(layer)))]
-                    flat = f.reshape(f.shape[1], -1)
-                    # sum(F * (A F)) with A F held constant has the gradient A F = (dG + dG^T) F / n, the
-                    # true one, for one (C, C) x (C, P) product and no product in the backward pass.
-                    surrogate = surrogate + (flat * (surrogate_matrices[layer] @ flat.detach())).sum()
-                content = self._content(feats, t)
-                content_total = content_total + content.detach()
-                (surrogate + content).backward()
-            del feats
-            t.crop(grad).add_(crop.grad)
-        # The pixel-space terms on the whole image.
-        x = image.requires_grad_(True)
         parts = {"content": content_total, "style": style_total}
-        with torch.enable_grad():
-            pixel = pixel_terms(x, self.temporal, self.weights)
-            if pixel:
-                sum(pixel.values()).backward()
-                grad += x.grad
-        parts.update({name: value.detach() for name, value in pixel.items()})
-        variable.grad = grad
+        if gradient:
+            # Pass 2: each crop back-propagated alone through the surrogate, its gradient summed.
+            for t in [kept[0], *self.tiles[:-1]]:
+                if kept is not None:
+                    _, crop, feats = kept
+                    kept = None
+                else:
+                    crop = t.crop(image).clone().requires_grad_(True)
+                    with torch.enable_grad():
+                        feats = self.encoder(crop)
+                with torch.enable_grad():
+                    surrogate = crop.new_zeros(())
+                    for layer in style_layers:
+                        f = feats[layer][(..., *t.interior(layer_stride(layer)))]
+                        flat = f.reshape(f.shape[1], -1)
+                        # sum(F * (A F)) with A F held constant has the gradient A F = (dG + dG^T) F / n,
+                        # the true one, for one (C, C) x (C, P) product and none in the backward pass.
+                        surrogate = surrogate + (flat * (surrogate_matrices[layer] @ flat.detach())).sum()
+                    content = self._content(feats, t)
+                    content_total = content_total + content.detach()
+                    (surrogate + content).backward()
+                del feats
+                t.crop(grad).add_(crop.grad)
+            parts["content"] = content_total
+            variable.grad = grad
+        parts.update(pixel)
         return sum(parts.values()), parts
 
     def _style(self, sums: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
