@@ -229,3 +229,16 @@ def test_fewer_lbfgs_pairs_are_announced(caplog, monkeypatch):
     assert warnings == ["1920x1080 px frames: L-BFGS keeps 12 correction pairs instead of 50, to fit the memory "
                         f"({warnings[0].split('(')[1]}"]
     assert any("2x2 tiles" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
+
+
+def test_a_max_memory_below_what_the_process_holds_is_one_line():
+    from videostyle.config import StyleConfig
+    from videostyle.errors import InputError
+    from videostyle.step import Stylizer
+
+    stylizer = Stylizer.__new__(Stylizer)
+    stylizer.cfg, stylizer.device, stylizer.precision = StyleConfig(styles=("s.png",)), torch.device("cpu"), "fp32"
+    stylizer.encoder = VGGEncoder(["relu1_1"], resolve_weights("untrained"))
+    with pytest.raises(InputError, match=r"^--max-memory 0\.01 GiB leaves nothing for 1920x1080 px frames: "
+                                         r"torch, .* already take \d+\.\d\d GiB; raise it$"):
+        stylizer.plan_memory((1920, 1080), max_memory=10 << 20)

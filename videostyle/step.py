@@ -84,14 +84,21 @@ def frame_memory_budget(device: torch.device, max_memory: int | None = None, *, 
     there: an untiled frame's peak RSS is 1.6x the model's).
     """
     if device.type == "cuda":
-        held = torch.cuda.memory_allocated(device)
         if max_memory is None:
             max_memory = int(torch.cuda.get_device_properties(device).total_memory * 0.9) - (512 << 20)
-        return max_memory - held - reserve
+        return max_memory - held_memory(device) - reserve
     if max_memory is None:
         available = memory.available_memory()
         return None if available is None else int(available * 0.6) - reserve
-    return int((max_memory - (memory.resident_memory() or 0) - reserve) / CPU_PEAK_OVER_MODEL)
+    return int((max_memory - held_memory(device) - reserve) / CPU_PEAK_OVER_MODEL)
+
+
+def held_memory(device: torch.device) -> int:
+    """Bytes the process holds now: its resident memory on the CPU (0 where unknown), what torch has
+    allocated on a GPU."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    return memory.resident_memory() or 0
 
 
 @dataclass(frozen=True)
@@ -241,6 +248,10 @@ class Stylizer:
         if budget is None:
             return
         width, height = working_size
+        if budget <= 0:
+            raise InputError(f"--max-memory {max_memory / 2**30:.2f} GiB leaves nothing for {width}x{height} px "
+                             f"frames: torch, the weights, the style targets and the video's buffers already "
+                             f"take {(held_memory(self.device) + reserve) / 2**30:.2f} GiB; raise it")
         try:
             plan = memory.plan_memory(
                 height, width, [name for name, _ in self.encoder.stack.named_children()], budget_bytes=budget,
