@@ -186,9 +186,9 @@ def plan_memory(height: int, width: int, stack: Sequence[str], *, budget_bytes: 
 
 def release_free_memory() -> None:
     """Give memory freed but kept by glibc's allocator back to the system (``malloc_trim``; nothing
-    elsewhere). Tensors of one size freed (a coarse octave's, the style pass's) are kept in pieces that
-    tensors of another size cannot reuse, so without it the process's peak grows by them (measured:
-    about 0.3 GB at 1080p)."""
+    elsewhere): the pieces a coarse octave's or the style pass's tensors leave may not fit the next
+    tensors' sizes. Measured at 1080p, the peak did not change with it (docs/BENCHMARKS.md, "Tiled
+    optimisation"), but :func:`resident_memory` then counts only what is held."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc

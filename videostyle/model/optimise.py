@@ -52,7 +52,8 @@ def compute_style_targets(encoder: VGGEncoder, style_images: Sequence[torch.Tens
         blend_weights: one weight per image, summing to 1.
 
     An image longer than :data:`~videostyle.model.tiling.FEATURE_PASS_TILE` px is evaluated on tiles
-    (the same Gram matrices to float rounding): whole, a 1920 px style image alone would take 1.7 GB.
+    (the same Gram matrices to float rounding): whole, a 1920 px style image raised the process's
+    peak to 2.4 GB, tiled to 1.35 GB (docs/BENCHMARKS.md, "Tiled optimisation").
     """
     grams: dict[str, torch.Tensor] = {}
     with torch.no_grad():

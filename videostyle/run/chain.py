@@ -35,8 +35,7 @@ from videostyle.motion import scenes
 from videostyle.motion.flow import FlowEstimator, FlowWorker
 from videostyle.motion.temporal import initial_image, long_term_masks, mask_tensor, warm_start_mask, warp_previous
 from videostyle.run.plan import (ProgressFactory, RunPlan, RunSummary, check_disk_space, estimated_frame_count,
-                                pipeline_memory,
-                                 first_frame, open_run_workdir, snapshot_writer)
+                                 first_frame, open_run_workdir, pipeline_memory, snapshot_writer)
 from videostyle.step import Stylizer, frame_generator, fresh_frame_iterations, pick_device
 from videostyle.store.frame_writer import FrameWriter
 from videostyle.store.workdir import FrameStore, WorkDir
