@@ -242,3 +242,15 @@ def test_a_max_memory_below_what_the_process_holds_is_one_line():
     with pytest.raises(InputError, match=r"^--max-memory 0\.01 GiB leaves nothing for 1920x1080 px frames: "
                                          r"torch, .* already take \d+\.\d\d GiB; raise it$"):
         stylizer.plan_memory((1920, 1080), max_memory=10 << 20)
+
+
+def test_the_frame_budget_is_what_max_memory_leaves(monkeypatch):
+    """--max-memory is the run's peak: on the CPU, what the process holds now and the video's buffers
+    come off, and the rest is divided by the CPU's measured peak-over-model factor."""
+    from videostyle.step import CPU_PEAK_OVER_MODEL, frame_memory_budget
+
+    monkeypatch.setattr(memory, "resident_memory", lambda: 1 << 30)
+    budget = frame_memory_budget(torch.device("cpu"), int(2.5 * 2**30), reserve=256 << 20)
+    assert budget == int((int(2.5 * 2**30) - (1 << 30) - (256 << 20)) / CPU_PEAK_OVER_MODEL)
+    monkeypatch.setattr(memory, "available_memory", lambda: 10 << 30)
+    assert frame_memory_budget(torch.device("cpu")) == 6 << 30  # 60% of what is available
