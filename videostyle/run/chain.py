@@ -305,7 +305,7 @@ def stylize_local(plan: RunPlan, opts: RunOptions, *, progress: ProgressFactory 
     stylizer = Stylizer(cfg, device=device, working_size=working, colour_reference=reference,
                         precision=opts.precision)
     stylizer.plan_memory(working, tile=opts.tile, max_memory=opts.max_memory,
-                         reserve=pipeline_memory((info.width, info.height), plan.out_size))
+                         reserve=pipeline_memory((info.width, info.height), plan.out_size, working))
     work, _ = open_run_workdir(plan, stylizer.weights.weights_id, opts, device=device, kill_point=kill_point)
     with work:  # locked until the end; a run stopped before its first frame leaves no work dir behind
         _keep_memory_plan(work, stylizer, opts)

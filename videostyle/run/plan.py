@@ -297,14 +297,20 @@ def check_encodable(out_size: tuple[int, int], *, source_size: tuple[int, int]) 
 # offsets), and a few being converted; the encoder's lookahead holds ~60 YUV 4:2:0 frames (1.5 B/px).
 _SOURCE_FRAMES_HELD = 16
 _ENCODER_FRAMES_HELD = 60
+# DIS's pyramids, the flow fields, the warped frames and masks, the frame writer's PNG: calibrated on
+# one measurement (docs/BENCHMARKS.md, "Tiled optimisation": a 1080x1920 run peaked 80 MiB above its
+# plan without this term).
+_FLOW_BYTES_PER_PX = 48
 _BASE_MEMORY = 512 << 20  # torch, the VGG encoder and its activations at working size (typical)
 
 
-def pipeline_memory(source_size: tuple[int, int], out_size: tuple[int, int]) -> int:
+def pipeline_memory(source_size: tuple[int, int], out_size: tuple[int, int],
+                    working: tuple[int, int] | None = None) -> int:
     """Bytes a video run holds beside the frame's optimisation: decoded source frames of ``source_size``
-    ``(W, H)`` and the encoder's lookahead at ``out_size``."""
+    ``(W, H)``, the encoder's lookahead at ``out_size``, and the optical flow's work at ``working``."""
+    flow = working[0] * working[1] * _FLOW_BYTES_PER_PX if working else 0
     return (source_size[0] * source_size[1] * 3 * _SOURCE_FRAMES_HELD
-            + int(out_size[0] * out_size[1] * 1.5 * _ENCODER_FRAMES_HELD))
+            + int(out_size[0] * out_size[1] * 1.5 * _ENCODER_FRAMES_HELD) + flow)
 
 
 def check_memory(source_size: tuple[int, int], out_size: tuple[int, int]) -> None:
