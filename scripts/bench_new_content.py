@@ -51,6 +51,7 @@ from videostyle.model.features import VGGEncoder, resolve_weights  # noqa: E402
 from videostyle.model.metrics import quality_distances  # noqa: E402
 from videostyle.model.optimise import compute_style_targets  # noqa: E402
 from videostyle.run.api import stylize_video  # noqa: E402
+from videostyle.run.passes import last_pass_frames  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
@@ -253,7 +254,7 @@ def main() -> None:
                 stylize_video(clip, Path(tmp) / "out.mp4", cfg,
                               RunOptions(workdir=str(workdir), keep_workdir=True, quiet=True, output_size="working"))
             seconds = time.perf_counter() - start
-            out = work_frames(workdir)
+            out = last_pass_frames(workdir) or work_frames(workdir)  # --passes: the last pass's
             new, old = strip_distances(encoder, grams, out[-1], source[-1], width)
             f_new, f_old = strip_distances(encoder, grams, out[0], source[0], width)
             print(f"{name:>24} {new:>7.3f} {old:>7.3f} {new / old:>8.2f} {f_new / f_old:>20.2f} {seconds:>6.0f}",
@@ -298,7 +299,7 @@ def real_clip(args, encoder, grams: dict, weights, first: int, later: int) -> No
                 stylize_video(args.clip, Path(tmp) / "out.mp4", cfg,
                               RunOptions(workdir=str(workdir), keep_workdir=True, quiet=True, output_size="working"))
             seconds = time.perf_counter() - start
-            out = work_frames(workdir)
+            out = last_pass_frames(workdir) or work_frames(workdir)  # --passes: the last pass's
             dists = [quality_distances(encoder, images.to_tensor(o), images.to_tensor(src), grams) for o, src in
                      zip(out, source)]
             e = float(np.nanmean(temporal_warping_error(out, source)))
