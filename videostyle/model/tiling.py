@@ -31,7 +31,8 @@ TILE_HALO = 96
 # Images longer than this (px) have their no-grad feature passes (the style image's Gram matrices) run
 # on tiles of this size. A fixed rule, not the memory budget: the style targets must not depend on the
 # memory free at the time, or a resumed run would differ from an uninterrupted one by float rounding.
-# A crop of 512 + 2 x 96 px peaks at about 0.4 GB (fp32) in a no-grad pass.
+# A crop of 512 + 2 x 96 px holds 127 MB per 64-channel map; measured with a 1920 px style image, the
+# process's peak in this pass went from 2.4 GB (whole) to 1.35 GB.
 FEATURE_PASS_TILE = 512
 
 Encoder = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
