@@ -270,7 +270,7 @@ def _add_video_stream(out, width, height, time_base, average_rate, crf, preset):
 
 def _source_end_s(source: VideoInfo) -> Fraction | None:
     """Where the source video stops showing, seconds on its own clock; None if unknown."""
-    duration_s = source.video_duration_s if source.video_duration_s is not None else source.duration_s
+    duration_s = source.length_s
     if duration_s is None:
         return None
     return (source.start_pts or 0) * source.time_base + Fraction(duration_s)

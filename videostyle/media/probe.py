@@ -120,6 +120,11 @@ class VideoInfo:
     frame_count_estimate: int | None = None
 
     @property
+    def length_s(self) -> float | None:
+        """Seconds of video: the video stream's own duration, else the container's; None if unknown."""
+        return self.video_duration_s if self.video_duration_s is not None else self.duration_s
+
+    @property
     def frame_step(self) -> int:
         """Nominal duration of one frame in ``time_base`` units (>= 1); 25 fps when the rate is unknown.
 
@@ -430,7 +435,7 @@ def with_cut(info: VideoInfo, start_s: float = 0.0, duration_s: float | None = N
         raise InputError(f"--duration must be more than 0 s, got {duration_s:g}")
     if start_s == 0 and duration_s is None:
         return info
-    length = info.video_duration_s if info.video_duration_s is not None else info.duration_s
+    length = info.length_s
     if length is not None and start_s >= length:
         raise InputError(f"--start {start_s:g} s is at or past the end of {str(info.path)!r} ({length:.3f} s long)")
     first = info.start_pts or 0
@@ -445,7 +450,7 @@ def with_cut(info: VideoInfo, start_s: float = 0.0, duration_s: float | None = N
 def cut_seconds(info: VideoInfo) -> float | None:
     """Seconds of video the run covers: the cut's duration (bounded by the video's end), else the video's
     duration; None where unknown."""
-    length = info.video_duration_s if info.video_duration_s is not None else info.duration_s
+    length = info.length_s
     if info.cut is None:
         return length
     if length is None:

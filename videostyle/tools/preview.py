@@ -41,7 +41,7 @@ def frame_at(video: str | os.PathLike, at: float | None) -> tuple[SourceFrame, f
         InputError: ``at`` is negative or beyond the video's duration (one line, with the duration).
     """
     info = probe_video(video)
-    duration = info.video_duration_s if info.video_duration_s is not None else info.duration_s
+    duration = info.length_s
     if at is not None and at < 0:
         raise InputError(f"--at must be at least 0 s, got {at:g}")
     if at is not None and duration is not None and at > duration:
