@@ -233,13 +233,15 @@ class Stylizer:
         return stylize_frame(objective, init, iterations=iterations, **kwargs)
 
     def plan_memory(self, working_size: tuple[int, int], *, tile: int | None = None,
-                    max_memory: int | None = None, reserve: int = 0) -> None:
+                    max_memory: int | None = None, reserve: int = 0, max_history: int | None = None) -> None:
         """Sets :attr:`tile` and :attr:`history` for frames of ``working_size`` ``(W, H)``
         (:func:`videostyle.model.memory.plan_memory`): ``tile`` when given (with the config's history),
         else what fits ``max_memory`` (:func:`frame_memory_budget`; ``reserve`` bytes for what else the
         run holds): untiled when the whole frame fits, else tiles, and fewer L-BFGS pairs when tiles
-        alone would have to be small."""
-        self.history = self.cfg.lbfgs_history
+        alone would have to be small. ``max_history``: at most this many pairs whatever the config says
+        (the refinement of a still, :mod:`videostyle.model.upscale`)."""
+        wanted = self.cfg.lbfgs_history if max_history is None else min(self.cfg.lbfgs_history, max_history)
+        self.history = wanted
         if tile is not None:
             self.tile = tile
             return
@@ -256,7 +258,7 @@ class Stylizer:
             plan = memory.plan_memory(
                 height, width, [name for name, _ in self.encoder.stack.named_children()], budget_bytes=budget,
                 halo=TILE_HALO, precision=self.precision, read_layers=self.encoder.layers,
-                history_size=self.cfg.lbfgs_history,
+                history_size=wanted,
                 weights_bytes=sum(p.numel() * p.element_size() for p in self.encoder.parameters()))
         except ValueError as exc:
             raise InputError(f"{exc}; lower --size, or raise --max-memory") from exc
@@ -265,10 +267,10 @@ class Stylizer:
             rows, cols = tile_grid(height, width, plan.tile)
             log.info("%dx%d px frames: VGG runs on %dx%d tiles (at most %d px a side) to fit %.2f GiB",
                      width, height, cols, rows, plan.tile, budget / 2**30)
-        if plan.history < self.cfg.lbfgs_history:
+        if plan.history < wanted:
             log.warning("%dx%d px frames: L-BFGS keeps %d correction pairs instead of %d, to fit the memory "
                         "(%.2f GiB for the frame); --max-memory raises it", width, height, plan.history,
-                        self.cfg.lbfgs_history, budget / 2**30)
+                        wanted, budget / 2**30)
 
     def make_objective(self, encoder, content, targets, weights, temporal=()):
         """The frame objective: VGG on the whole frame, or on tiles of ``self.tile`` px (the same

@@ -16,8 +16,6 @@ Convention: sizes are ``(W, H)`` px; pictures ``(H, W, 3)`` uint8 RGB.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import torch
 
@@ -61,12 +59,11 @@ def upscale_still(stylizer, rgb: np.ndarray, result: np.ndarray, *, iterations: 
     working = (result.shape[1], result.shape[0])
     if iterations <= 0:
         return images.resize_rgb(result, source)
-    saved = stylizer.cfg, stylizer.tile, stylizer.history
-    cfg = replace(saved[0], lbfgs_history=min(saved[0].lbfgs_history, REFINE_HISTORY))
-    stylizer.cfg = cfg  # its history is what plan_memory() starts from
+    cfg = stylizer.cfg
+    saved = stylizer.tile, stylizer.history
     try:
         for size in refine_sizes(working, source):
-            stylizer.plan_memory(size, tile=tile, max_memory=max_memory)
+            stylizer.plan_memory(size, tile=tile, max_memory=max_memory, max_history=REFINE_HISTORY)
             content = images.to_tensor(images.resize_rgb(rgb, size), stylizer.device)
             init = stylizer.to_optimised(images.to_tensor(images.resize_rgb(result, size), stylizer.device))
             out = stylizer.stylize(stylizer.to_optimised(content), init, iterations=iterations,
@@ -76,7 +73,7 @@ def upscale_still(stylizer, rgb: np.ndarray, result: np.ndarray, *, iterations: 
             if stylizer.device.type == "cuda":
                 torch.cuda.empty_cache()
     finally:
-        stylizer.cfg, stylizer.tile, stylizer.history = saved
+        stylizer.tile, stylizer.history = saved
     # A source smaller than the working size: the result is scaled down to it.
     return result if result.shape[:2] == rgb.shape[:2] else images.resize_rgb(result, source)
 
