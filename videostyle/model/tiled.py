@@ -23,7 +23,8 @@ import torch
 from videostyle.model import losses
 from videostyle.model.features import VGGEncoder
 from videostyle.model.optimise import pixel_terms
-from videostyle.model.tiling import Tile, assemble_features, interior_gram, layer_stride, plan_tiles
+from videostyle.model.tiling import (Tile, assemble_features, gram_count, interior_flat, interior_gram, layer_stride,
+                                     plan_tiles)
 
 
 class TiledObjective:
@@ -106,7 +107,7 @@ class TiledObjective:
         if gradient:
             # Pass 2: each crop back-propagated alone through the surrogate, its gradient summed.
             for t in [kept[0], *self.tiles[:-1]]:
-                if kept is not None:
+                if kept is not None:  # dropped here, so its features go with this crop's backward pass
                     _, crop, feats = kept
                     kept = None
                 else:
@@ -116,8 +117,7 @@ class TiledObjective:
                 with torch.enable_grad():
                     surrogate = crop.new_zeros(())
                     for layer in style_layers:
-                        f = feats[layer][(..., *t.interior(layer_stride(layer)))]
-                        flat = f.reshape(f.shape[1], -1)
+                        flat = interior_flat(feats[layer], t, layer_stride(layer))
                         # sum(F * (A F)) with A F held constant has the gradient A F = (dG + dG^T) F / n,
                         # the true one, for one (C, C) x (C, P) product and none in the backward pass.
                         surrogate = surrogate + (flat * (surrogate_matrices[layer] @ flat.detach())).sum()
@@ -139,8 +139,7 @@ class TiledObjective:
         total = torch.zeros((), device=next(iter(sums.values())).device)
         matrices: dict[str, torch.Tensor] = {}
         for layer, lw in w.style_layers.items():
-            s = layer_stride(layer)
-            n = float(sums[layer].shape[0] * (h // s) * (wd // s))
+            n = gram_count(layer, sums[layer].shape[0], h, wd)
             gram = (sums[layer] / n)[None].requires_grad_(True)
             with torch.enable_grad():
                 term = w.style * lw * losses.normalised_mse(gram, self.targets.grams[layer],

@@ -122,12 +122,25 @@ def largest_crop(height: int, width: int, *, tile: int, halo: int) -> tuple[int,
     return max(t.cy1 - t.cy0 for t in tiles), max(t.cx1 - t.cx0 for t in tiles)
 
 
+def interior_flat(features: torch.Tensor, tile: Tile, stride: int) -> torch.Tensor:
+    """``(C, P)``: the features of ``tile``'s interior, from a crop's features ``(1, C, h, w)`` at
+    ``stride``, one column per position."""
+    f = features[(..., *tile.interior(stride))]
+    return f.reshape(f.shape[1], -1)
+
+
 def interior_gram(features: torch.Tensor, tile: Tile, stride: int) -> torch.Tensor:
     """``F F^T`` ``(C, C)`` over the interior of ``tile`` in a crop's features ``(1, C, h, w)`` at
-    ``stride``: the tile's share of the image's Gram matrix, not yet divided by ``C * h * w``."""
-    f = features[(..., *tile.interior(stride))]
-    flat = f.reshape(f.shape[1], -1)
+    ``stride``: the tile's share of the image's Gram matrix, not yet divided by :func:`gram_count`."""
+    flat = interior_flat(features, tile, stride)
     return flat @ flat.T
+
+
+def gram_count(layer: str, channels: int, height: int, width: int) -> float:
+    """``C * h * w``: what :func:`videostyle.model.losses.gram` divides by, for ``layer`` of an image of
+    ``height x width`` px."""
+    s = layer_stride(layer)
+    return float(channels * (height // s) * (width // s))
 
 
 def gram_sums(encoder: Encoder, image: torch.Tensor, layers: Sequence[str],
@@ -168,8 +181,4 @@ def tiled_grams(encoder: Encoder, image: torch.Tensor, layers: Sequence[str], *,
     px (no grad)."""
     height, width = image.shape[-2:]
     sums = gram_sums(encoder, image, layers, plan_tiles(height, width, tile=tile, halo=halo))
-    out = {}
-    for layer in layers:
-        s = layer_stride(layer)
-        out[layer] = (sums[layer] / float(sums[layer].shape[0] * (height // s) * (width // s)))[None]
-    return out
+    return {layer: (sums[layer] / gram_count(layer, sums[layer].shape[0], height, width))[None] for layer in layers}
