@@ -199,22 +199,21 @@ def resident_memory() -> int | None:
     """Bytes this process holds in RAM now (Linux ``VmRSS``), None where unknown; after
     :func:`release_free_memory`, so memory the allocator would reuse is not counted as held."""
     release_free_memory()
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return _proc_bytes("/proc/self/status", "VmRSS:")
 
 
 def available_memory() -> int | None:
     """Bytes of memory available to new work (Linux ``MemAvailable``), None where unknown."""
+    return _proc_bytes("/proc/meminfo", "MemAvailable:")
+
+
+def _proc_bytes(path: str, key: str) -> int | None:
+    """The ``key`` line of a Linux ``/proc`` file given in kB (``VmRSS:  1234 kB``), in bytes; None where
+    the file or the line is missing or unreadable."""
     try:
-        with open("/proc/meminfo") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
