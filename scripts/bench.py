@@ -337,7 +337,7 @@ def tiled_rows(args) -> list[tuple[str, str]]:
     from videostyle.model.features import VGGEncoder
     from videostyle.model.tiling import TILE_HALO
     rows, results = [], {}
-    argv = [a for a in sys.argv[1:]]
+    argv = list(sys.argv[1:])
     for mode in ("tiled", "untiled"):
         extra = ["--lbfgs-history", str(results["tiled"]["history"])] if mode == "untiled" else []
         cmd = [sys.executable, __file__, "--_child", mode, *argv, *extra]
