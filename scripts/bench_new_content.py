@@ -15,7 +15,9 @@ Each strip's style distance is that of the crop alone (per-layer Gram distance t
 to the photo crop's own, as scripts/bench_quality.py; 1 = photo, 0 = style), with the crop of the
 source frame as the photo. "new/old" above 1 means the entering strip stays nearer the photo. The
 first frame (optimised from scratch with --iters FIRST) gives the same ratio for a frame that had no
-warm start: the row "first frame" is what "new/old" should approach.
+warm start: the row "first frame" is what "new/old" should approach. "painted new/old" is the mean
+absolute pixel difference from the photo of the new strip over the old one's: under 1, the new strip
+is nearer the photo (a fine grid over the photo's colours scores a low Gram distance but shows here).
 
 With --clip PATH (issue 18, item 6: moving things smear), the variants stylise that real clip instead
 and each row gives, over its frames, the mean style distance and content distance (relu4_2) of the
@@ -79,6 +81,14 @@ def strip_distances(encoder, grams, stylised: np.ndarray, source: np.ndarray, wi
                                  grams, content_layer="relu4_2")
         out.append(s)
     return out[0], out[1]
+
+
+def strip_change(stylised: np.ndarray, source: np.ndarray, width: int) -> tuple[float, float]:
+    """How far the right and the left ``width`` px strips of ``stylised`` lie from the photo: the mean
+    absolute difference from ``source`` (uint8 ``(H, W, 3)``), in [0, 255]. A strip left photo-like
+    has a small one; the Gram distance misses that when the strip is a fine grid (see the module)."""
+    diff = np.abs(stylised.astype(np.float32) - source.astype(np.float32))
+    return float(diff[:, -width:].mean()), float(diff[:, :width].mean())
 
 
 LEVERS = ("guess", "extra", "local")
@@ -241,7 +251,8 @@ def main() -> None:
     print(f"weights: {weights.label}; {Path(args.photo).stem} x {Path(args.style).stem}, "
           f"{frames[0].shape[1]}x{frames[0].shape[0]} px, {args.frames} frames panning {args.speed} px/frame, "
           f"iterations {first},{later}; strips {width} px (the new one: scenery <= {args.age} frames old)")
-    print(f"{'variant':>24} {'new':>7} {'old':>7} {'new/old':>8} {'first frame new/old':>20} {'s':>6}")
+    print(f"{'variant':>24} {'new':>7} {'old':>7} {'new/old':>8} {'first frame new/old':>20} "
+          f"{'painted new/old':>16} {'s':>6}")
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "pan.mp4"
         write_clip(frames, clip)
@@ -257,7 +268,9 @@ def main() -> None:
             out = last_pass_frames(workdir) or work_frames(workdir)  # --passes: the last pass's
             new, old = strip_distances(encoder, grams, out[-1], source[-1], width)
             f_new, f_old = strip_distances(encoder, grams, out[0], source[0], width)
-            print(f"{name:>24} {new:>7.3f} {old:>7.3f} {new / old:>8.2f} {f_new / f_old:>20.2f} {seconds:>6.0f}",
+            painted_new, painted_old = strip_change(out[-1], source[-1], width)
+            print(f"{name:>24} {new:>7.3f} {old:>7.3f} {new / old:>8.2f} {f_new / f_old:>20.2f} "
+                  f"{painted_new / painted_old:>16.2f} {seconds:>6.0f}",
                   flush=True)
             if args.save:
                 Path(args.save).mkdir(parents=True, exist_ok=True)

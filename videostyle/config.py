@@ -42,6 +42,11 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 FLOWS = ("dis", "farneback", "raft-small", "raft-large")  # flow.FLOW_METHODS, checked before any work
 
 
+# StyleConfig fields added after work dirs already existed, with the value that reproduces what configs
+# recorded without them did (StyleConfig.stable_hash, StyleConfig.from_dict).
+ADDED_FIELDS = {"new_content_style": 0.0}
+
+
 @dataclass(frozen=True)
 class StyleConfig:
     """What the optimiser does to every frame.
@@ -56,6 +61,9 @@ class StyleConfig:
             above), 1 = full size only; warm-started frames run at full size only.
         content_weight, style_weight, tv_weight, temporal_weight: loss weights (content and style terms
             are normalised per layer by their target magnitude, see :mod:`videostyle.model.losses`).
+        new_content_style: weight, relative to ``style_weight``, of the style term on the new content
+            alone (what no temporal term holds: scenery entering the frame, what a moving thing
+            uncovers; :class:`videostyle.model.objective.NewContentStyle`); 0 turns it off.
         range_weight: weight of the penalty on pixels outside [0, 1] (0: only the final clamp).
         content_layers / style_layers: ``(layer, weight)`` pairs; layer weights are normalised to sum 1.
         pooling: ``avg`` (Gatys) or ``max`` (VGG's own).
@@ -94,6 +102,7 @@ class StyleConfig:
     tv_weight: float = 2.0  # halves the flat sky's checkerboard at no style cost, same section
     range_weight: float = 100.0  # keeps pixels in [0, 1] while optimising, see losses.range_penalty
     temporal_weight: float = 50.0  # chosen by scripts/bench_temporal.py, see docs/TEMPORAL.md
+    new_content_style: float = 1.0  # x style_weight; docs/BENCHMARKS.md "New content"
     content_layers: tuple[tuple[str, float], ...] = DEFAULT_CONTENT_LAYERS
     style_layers: tuple[tuple[str, float], ...] = DEFAULT_STYLE_LAYERS
     pooling: str = "avg"
@@ -120,6 +129,8 @@ class StyleConfig:
             raise ValueError(f"{len(self.styles)} style images but {len(self.style_weights)} style weights")
         if any(w < 0 for w in self.style_weights) or (self.style_weights and sum(self.style_weights) <= 0):
             raise ValueError(f"style weights must be >= 0 with a positive sum, got {self.style_weights}")
+        if self.new_content_style < 0:
+            raise ValueError(f"--new-content-style must be >= 0, got {self.new_content_style}")
         if self.range_weight < 0:
             raise ValueError(f"--range-weight must be >= 0, got {self.range_weight}")
         if self.size < 16:
@@ -164,9 +175,11 @@ class StyleConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "StyleConfig":
+        """The config a manifest recorded; a field added since (:data:`ADDED_FIELDS`) takes the value that
+        makes the frames the recorded config made, so an older work dir resumes as it began."""
         tuple_fields = {f.name for f in dataclasses.fields(cls)
                         if str(f.type).startswith("tuple")}
-        kwargs = {}
+        kwargs = {key: value for key, value in ADDED_FIELDS.items() if key not in data}
         for key, value in data.items():
             if key in tuple_fields:
                 value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
@@ -174,8 +187,11 @@ class StyleConfig:
         return cls(**kwargs)
 
     def stable_hash(self) -> str:
-        """sha256 of the canonical JSON form; equal configs give equal hashes across runs."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """sha256 of the canonical JSON form; equal configs give equal hashes across runs. A field added
+        since the first manifests is left out at its :data:`ADDED_FIELDS` value (what configs without it
+        did), so an older work dir's hash still matches."""
+        data = {k: v for k, v in self.to_dict().items() if not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -297,6 +313,9 @@ SETTINGS: dict[type, dict[str, Setting]] = {
                         "wherever the flow is unreliable (prev-warped)"),
         "temporal_weight": Setting("--temporal-weight", "weight of the temporal consistency loss; 0 turns it "
                                    "off (default {default}, measured in docs/TEMPORAL.md)"),
+        "new_content_style": Setting("--new-content-style", "style term on new content alone (scenery entering "
+                                     "the frame, what a moving thing uncovers), x --style-weight, so it gets "
+                                     "painted like the rest (default {default}; 0: off)"),
         "flow": Setting("--flow", "|".join(FLOWS)),
         "flow_offsets": Setting("--flow-indices", "temporal terms to frames t-k, e.g. 1,2,4 (Ruder's long-term "
                                 "loss)"),

@@ -144,7 +144,7 @@ class Stylizer:
         self.weights = resolve_weights(cfg.weights, cfg.model)
         self.loss_weights = LossWeights(cfg.content_weight, cfg.style_weight, cfg.tv_weight,
                                         _normalised(cfg.content_layers), _normalised(cfg.style_layers),
-                                        range=cfg.range_weight)
+                                        range=cfg.range_weight, new_content=cfg.style_weight * cfg.new_content_style)
         layers = [*self.loss_weights.content_layers, *self.loss_weights.style_layers]
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size for the whole run: pick the fastest

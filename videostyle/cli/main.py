@@ -171,6 +171,7 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
         t = p.add_argument_group("temporal coherence")
         _opt(t, S, "init", choices=INITS)
         _opt(t, S, "temporal_weight", type=float)
+        _opt(t, S, "new_content_style", type=float)
         _opt(t, S, "flow")
         _opt(t, S, "flow_offsets", type=_int_list)
 
@@ -329,7 +330,8 @@ def _style_config(args: argparse.Namespace, *, video: bool) -> StyleConfig:
     if args.style_layers:
         kwargs["style_layers"] = args.style_layers
     if video:
-        kwargs.update(init=args.init, temporal_weight=args.temporal_weight, flow=args.flow,
+        kwargs.update(init=args.init, temporal_weight=args.temporal_weight,
+                      new_content_style=args.new_content_style, flow=args.flow,
                       flow_offsets=args.flow_indices, passes=args.passes, pass_blend=args.pass_blend,
                       pass_iters=args.pass_iters)
     else:

@@ -50,6 +50,39 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     return _Gram.apply(features.reshape(b, c, h * w), float(c * h * w))
 
 
+class _WeightedGram(torch.autograd.Function):
+    """``(F * s) F^T / n`` for per-position weights ``s`` (constant), saving nothing but ``F`` (which VGG's
+    graph keeps anyway) and ``s``: a weighted copy of the features would be one more layer's worth of
+    memory held until the backward pass."""
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor, share: torch.Tensor, n: float) -> torch.Tensor:
+        ctx.save_for_backward(flat, share)
+        ctx.n = n
+        return torch.bmm(flat * share, flat.transpose(1, 2)) / n
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        flat, share = ctx.saved_tensors
+        return torch.bmm((grad + grad.transpose(1, 2)) / ctx.n, flat * share), None, None
+
+
+def weighted_gram(features: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+    """The Gram matrix of the positions ``share`` picks: ``sum_p s_p F_p F_p^T / (C * sum_p s_p)``, so it
+    is what :func:`gram` gives for a frame made of those positions alone.
+
+    Args:
+        features: ``(B, C, H, W)`` float.
+        share: ``(1, 1, H, W)`` in [0, 1], each position's weight (the share of its cell that is new
+            content, :class:`videostyle.model.objective.NewContentStyle`); its sum must be > 0.
+    Returns:
+        ``(B, C, C)`` float.
+    """
+    b, c, h, w = features.shape
+    return _WeightedGram.apply(features.reshape(b, c, h * w), share.reshape(1, 1, h * w),
+                               float(c) * float(share.sum()))
+
+
 def power(target: torch.Tensor) -> torch.Tensor:
     """``mean(target^2)``: the normaliser of :func:`normalised_mse`, computed once per target."""
     return target.pow(2).mean()

@@ -2,7 +2,7 @@
 
 Two kinds, by what a term needs:
 
-- feature terms (VGG features of the image): ``content``, ``style``;
+- feature terms (VGG features of the image): ``content``, ``style``, ``new_content_style``;
 - pixel terms (the image alone): ``temporal``, ``tv``, ``range``.
 
 :class:`~videostyle.model.optimise.FrameObjective` sums the feature terms, then the pixel terms, in the
@@ -22,6 +22,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from videostyle.model import losses
+from videostyle.model.tiling import layer_stride
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,78 @@ class GramLoss:
                                  for layer, lw in self.layers.items())
 
 
+# New content smaller than this share of the frame gets no style term of its own: a few scattered
+# pixels (the flow's unreliable specks) matched to the whole style's Gram matrices alone would speckle.
+MIN_NEW_CONTENT_SHARE = 0.002
+
+
+def new_content_mask(temporal: Sequence[object]) -> torch.Tensor | None:
+    """``(1, 1, H, W)`` in [0, 1]: how far each pixel is from being held by any temporal term (``1 -``
+    the largest of their masks), i.e. new content: scenery entering at an edge, what a moving thing
+    uncovers. None without temporal terms."""
+    if not temporal:
+        return None
+    held = temporal[0].mask
+    for term in temporal[1:]:
+        held = torch.maximum(held, term.mask)
+    return 1.0 - held
+
+
+def new_content_shares(weights, temporal: Sequence[object]) -> dict[str, torch.Tensor]:
+    """Per style layer, each feature position's share of new content (:func:`new_content_mask` averaged
+    over the layer's cells of :func:`~videostyle.model.tiling.layer_stride` px, ``(1, 1, H // s, W // s)``);
+    empty when the term is off (``weights.new_content`` 0), without temporal terms, or when the new
+    content is under :data:`MIN_NEW_CONTENT_SHARE` of the frame. A layer whose grid holds less than one
+    whole new cell is left out."""
+    new = new_content_mask(temporal) if weights.new_content > 0 else None
+    if new is None or float(new.mean()) < MIN_NEW_CONTENT_SHARE:
+        return {}
+    out = {}
+    for layer in weights.style_layers:
+        s = layer_stride(layer)
+        share = torch.nn.functional.avg_pool2d(new, s, s) if s > 1 else new
+        if float(share.sum()) >= 1.0:
+            out[layer] = share
+    return out
+
+
+def _box(picked: torch.Tensor) -> tuple[slice, slice]:
+    """The rows and columns spanning the True entries of ``picked`` ``(h, w)`` (at least one)."""
+    rows = torch.nonzero(picked.any(dim=1)).flatten()
+    cols = torch.nonzero(picked.any(dim=0)).flatten()
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+class NewContentStyle:
+    """Gatys' style loss on the new content alone: per layer, the Gram matrix of the positions no
+    temporal term holds (:func:`new_content_mask`, :func:`~videostyle.model.losses.weighted_gram`) against
+    the style's, weighted ``weight * lw_l``.
+
+    Why (issue 18, items 5 and 6): the frame's style term depends on the whole frame's Gram matrices,
+    which a warm-started frame already matches, so a strip of new scenery (a few % of the frame) gets
+    almost no style gradient from it and stays photo-like for as long as it is in view. Normalised by
+    its own positions, this term gives each new pixel the gradient a first frame's pixel gets
+    (docs/BENCHMARKS.md, "New content").
+    """
+
+    name = "new_content_style"
+
+    def __init__(self, weight: float, layers: Mapping[str, float], grams: Mapping[str, torch.Tensor],
+                 powers: Mapping[str, torch.Tensor], shares: Mapping[str, torch.Tensor]):
+        self.weight, self.layers, self.grams, self.powers, self.shares = weight, layers, grams, powers, shares
+        # Each layer's positions with new content lie in this box: an entering strip is a few % of the frame.
+        self.boxes = {layer: _box(share[0, 0] > 0) for layer, share in shares.items()}
+
+    def __call__(self, feats: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        total = torch.zeros((), device=next(iter(feats.values())).device)
+        for layer, share in self.shares.items():
+            rows, cols = self.boxes[layer]
+            g = losses.weighted_gram(feats[layer][..., rows, cols], share[..., rows, cols])
+            total = total + self.layers[layer] * losses.normalised_mse(g, self.grams[layer].expand_as(g),
+                                                                        self.powers[layer])
+        return self.weight * total
+
+
 class TemporalLoss:
     """Ruder's temporal loss: ``sum_k weight_k * temporal_loss(x, warped_k, mask_k)``."""
 
@@ -136,6 +209,13 @@ def _content(i: TermInputs):
 @feature_term("style")
 def _style(i: TermInputs):
     return GramLoss(i.weights.style, i.weights.style_layers, i.targets.grams, i.targets.powers)
+
+
+@feature_term("new_content_style")
+def _new_content_style(i: TermInputs):
+    shares = new_content_shares(i.weights, i.temporal)
+    return NewContentStyle(i.weights.new_content, i.weights.style_layers, i.targets.grams, i.targets.powers,
+                           shares) if shares else None
 
 
 @pixel_term("temporal")

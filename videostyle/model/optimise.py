@@ -94,6 +94,7 @@ class LossWeights:
     content_layers: dict[str, float]
     style_layers: dict[str, float]
     range: float = 0.0  # keeps pixels in [0, 1] while optimising (losses.range_penalty)
+    new_content: float = 0.0  # the style term on new content alone (objective.NewContentStyle)
 
 
 class FrameObjective:

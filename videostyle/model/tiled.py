@@ -22,6 +22,7 @@ import torch
 
 from videostyle.model import losses
 from videostyle.model.features import VGGEncoder
+from videostyle.model.objective import new_content_shares
 from videostyle.model.optimise import pixel_terms
 from videostyle.model.tiling import (Tile, assemble_features, gram_count, interior_flat, interior_gram, layer_stride,
                                      plan_tiles)
@@ -46,6 +47,8 @@ class TiledObjective:
         self.content_targets = assemble_features(encoder, content, list(weights.content_layers), self.tiles)
         with torch.no_grad():
             self.content_powers = {layer: losses.power(t) for layer, t in self.content_targets.items()}
+        # The new content's style term (objective.NewContentStyle): its positions' shares per layer.
+        self.new_shares = new_content_shares(weights, self.temporal)
 
     def _content(self, feats: dict[str, torch.Tensor], t: Tile) -> torch.Tensor:
         """Tile ``t``'s share of the weighted content terms (its interior's squared errors over the
@@ -87,6 +90,7 @@ class TiledObjective:
         # its graph kept, and is back-propagated first in pass 2: one forward pass fewer per iteration.
         kept: tuple[Tile, torch.Tensor, dict[str, torch.Tensor]] | None = None
         sums: dict[str, torch.Tensor] = {}
+        new_sums: dict[str, torch.Tensor] = {}
         content_total = torch.zeros((), device=image.device)
         for i, t in enumerate(self.tiles):
             keep = gradient and i == len(self.tiles) - 1
@@ -99,11 +103,17 @@ class TiledObjective:
                 for layer in style_layers:
                     g = interior_gram(feats[layer], t, layer_stride(layer))
                     sums[layer] = sums[layer] + g if layer in sums else g
+                for layer in self.new_shares:
+                    flat = interior_flat(feats[layer], t, layer_stride(layer))
+                    g = (flat * self._share(layer, t)) @ flat.T
+                    new_sums[layer] = new_sums[layer] + g if layer in new_sums else g
                 if not gradient:
                     content_total = content_total + self._content(feats, t)
             del feats
         style_total, surrogate_matrices = self._style(sums)
         parts = {"content": content_total, "style": style_total}
+        if self.new_shares:
+            parts["new_content_style"], new_matrices = self._new_content_style(new_sums)
         if gradient:
             # Pass 2: each crop back-propagated alone through the surrogate, its gradient summed.
             for t in [kept[0], *self.tiles[:-1]]:
@@ -121,6 +131,10 @@ class TiledObjective:
                         # sum(F * (A F)) with A F held constant has the gradient A F = (dG + dG^T) F / n,
                         # the true one, for one (C, C) x (C, P) product and none in the backward pass.
                         surrogate = surrogate + (flat * (surrogate_matrices[layer] @ flat.detach())).sum()
+                    for layer in self.new_shares:  # the same, each position weighted by its share
+                        flat = interior_flat(feats[layer], t, layer_stride(layer))
+                        surrogate = surrogate + (flat * (new_matrices[layer] @ flat.detach())
+                                                 * self._share(layer, t)).sum()
                     content = self._content(feats, t)
                     content_total = content_total + content.detach()
                     (surrogate + content).backward()
@@ -131,19 +145,36 @@ class TiledObjective:
         parts.update(pixel)
         return sum(parts.values()), parts
 
+    def _share(self, layer: str, t: Tile) -> torch.Tensor:
+        """Tile ``t``'s interior positions' shares of new content at ``layer``, ``(1, P)`` in the order
+        of :func:`~videostyle.model.tiling.interior_flat`."""
+        rows, cols = t.full(layer_stride(layer))
+        return self.new_shares[layer][0, 0, rows, cols].reshape(1, -1)
+
     def _style(self, sums: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The weighted style loss from the frame's Gram sums ``{layer: (C, C)}``, and per layer the
         surrogate's ``A = (dL/dG + dL/dG^T) / n`` ``(C, C)``, constant for pass 2."""
-        w = self.weights
-        h, wd = self.shape[-2], self.shape[-1]
+        h, w = self.shape[-2], self.shape[-1]
+        return self._gram_terms(sums, self.weights.style, lambda layer, c: gram_count(layer, c, h, w))
+
+    def _new_content_style(self, sums: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The same for the new content's term (objective.NewContentStyle) from its share-weighted Gram
+        sums: ``n`` is C x the positions' total share."""
+        return self._gram_terms(sums, self.weights.new_content,
+                                lambda layer, c: c * float(self.new_shares[layer].sum()))
+
+    def _gram_terms(self, sums: dict[str, torch.Tensor], weight: float, count) -> tuple[torch.Tensor,
+                                                                                       dict[str, torch.Tensor]]:
+        """``weight * sum_l lw_l * normalised_mse(G_l, target_l)`` with ``G_l = sums[l] / n_l``
+        (``n_l = count(layer, C)``), and the surrogate matrices ``(dL/dG + dL/dG^T) / n_l``."""
         total = torch.zeros((), device=next(iter(sums.values())).device)
         matrices: dict[str, torch.Tensor] = {}
-        for layer, lw in w.style_layers.items():
-            n = gram_count(layer, sums[layer].shape[0], h, wd)
-            gram = (sums[layer] / n)[None].requires_grad_(True)
+        for layer, summed in sums.items():
+            n = count(layer, summed.shape[0])
+            gram = (summed / n)[None].requires_grad_(True)
             with torch.enable_grad():
-                term = w.style * lw * losses.normalised_mse(gram, self.targets.grams[layer],
-                                                            self.targets.powers[layer])
+                term = weight * self.weights.style_layers[layer] * losses.normalised_mse(
+                    gram, self.targets.grams[layer], self.targets.powers[layer])
                 (d_gram,) = torch.autograd.grad(term, gram)
             matrices[layer] = (d_gram[0] + d_gram[0].T) / n
             total = total + term.detach()
