@@ -115,11 +115,11 @@ def test_warm_start_and_temporal_loss_flicker_less_than_independent_frames(tmp_p
     source = read_frames(src)
     errors = {}
     for name, extra in {"independent": dict(init="content", temporal_weight=0.0),
-                        "temporal": {}}.items():  # the defaults: prev-warped-inside init + temporal loss
+                        "temporal": {}}.items():  # the defaults: prev-warped-unchanged init + temporal loss
         # 15 iterations: enough for independent frames to drift apart (~0.004 against ~0.0002 with the
         # temporal loss, measured); with fewer, every frame stays close to its content and both are small.
         cfg = StyleConfig(styles=(str(style),), size=64, iters_first=15, iters=15, weights="untrained", **extra)
-        assert name == "independent" or (cfg.init == "prev-warped-inside" and cfg.temporal_weight > 0)
+        assert name == "independent" or (cfg.init == "prev-warped-unchanged" and cfg.temporal_weight > 0)
         out = tmp_path / f"{name}.mp4"
         stylize_video(src, out, cfg, RunOptions(quiet=True, crf=0, output_size="working"))
         errors[name] = evaluate_frames(read_frames(out), source).mean_temporal_error

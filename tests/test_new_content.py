@@ -1,4 +1,5 @@
-"""The style term on new content alone (videostyle.model.objective.NewContentStyle; issue 18, items 5-6)."""
+"""The style term on new content alone (videostyle.model.objective.NewContentStyle; issue 18, items 5-6):
+the pixels a warm-started frame takes from the content."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from videostyle.config import StyleConfig
 from videostyle.model import losses
 from videostyle.model.features import VGGEncoder, resolve_weights
-from videostyle.model.objective import MIN_NEW_CONTENT_SHARE, new_content_mask, new_content_shares
+from videostyle.model.objective import MIN_NEW_CONTENT_SHARE, new_content_shares
 from videostyle.model.optimise import FrameObjective, LossWeights, TemporalTerm, compute_style_targets
 from videostyle.model.tiled import TiledObjective
 
@@ -23,10 +24,10 @@ def _weights(new_content: float) -> LossWeights:
     return LossWeights(1.0, 20.0, 0.01, CONTENT, STYLE, range=100.0, new_content=new_content)
 
 
-def _held(new_cols: int) -> torch.Tensor:
-    """A temporal mask ``(1, 1, H, W)``: 0 on the right ``new_cols`` columns (scenery entering a pan)."""
-    mask = torch.ones((1, 1, H, W))
-    mask[..., W - new_cols:] = 0
+def _fresh(new_cols: int) -> torch.Tensor:
+    """``(1, 1, H, W)``: 1 on the right ``new_cols`` columns (scenery entering a pan, started from the content)."""
+    mask = torch.zeros((1, 1, H, W))
+    mask[..., W - new_cols:] = 1
     return mask
 
 
@@ -39,25 +40,20 @@ def test_the_weighted_gram_is_the_gram_of_the_positions_it_picks():
     assert torch.allclose(losses.weighted_gram(feats, share), losses.gram(feats[..., 7:]), rtol=1e-5)
 
 
-def test_new_content_is_what_no_temporal_term_holds():
-    short, long = _held(30), _held(20)  # the long-term term holds 10 columns the short one does not
-    terms = [TemporalTerm(torch.zeros((1, 3, H, W)), m, 50.0) for m in (short, long)]
-    new = new_content_mask(terms)
-    assert float(new[..., :W - 20].max()) == 0.0
-    assert float(new[..., W - 20:].min()) == 1.0 and float(new.sum()) == 20 * H
-    assert new_content_mask(()) is None
-
-
 def test_the_term_applies_only_when_there_is_enough_new_content():
-    terms = [TemporalTerm(torch.zeros((1, 3, H, W)), _held(20), 50.0)]
-    shares = new_content_shares(_weights(20.0), terms)
+    shares = new_content_shares(_weights(20.0), _fresh(20))
     assert list(shares) == list(STYLE)
     # relu3_1 has 4 px cells: 20 new columns are 5 whole cells of each of its 34 rows.
     assert float(shares["relu3_1"].sum()) == pytest.approx(5 * 34)
-    assert new_content_shares(_weights(0.0), terms) == {}  # off
-    assert new_content_shares(_weights(20.0), ()) == {}  # no temporal term: a first frame
-    tiny = int(MIN_NEW_CONTENT_SHARE * W) - 1
-    assert new_content_shares(_weights(20.0), [TemporalTerm(terms[0].warped, _held(tiny), 50.0)]) == {}
+    # relu5_1 has 16 px cells and its grid ends at 176 px (VGG's pooling floors): of the 20 columns,
+    # the 12 inside the grid fill 3/4 of its last column of cells.
+    assert float(shares["relu5_1"].sum()) == pytest.approx(0.75 * (H // 16))
+    assert new_content_shares(_weights(0.0), _fresh(20)) == {}  # off
+    assert new_content_shares(_weights(20.0), None) == {}  # a frame from scratch
+    tiny = int(MIN_NEW_CONTENT_SHARE * W)  # under the share
+    assert new_content_shares(_weights(20.0), _fresh(tiny)) == {}
+    # Two columns past relu5_1's grid: every layer but that one.
+    assert list(new_content_shares(_weights(20.0), _fresh(2))) == list(STYLE)[:4]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +63,8 @@ def setup():
     content = torch.nn.functional.interpolate(torch.rand((1, 3, 17, 23), generator=g), size=(H, W),
                                               mode="bicubic").clamp(0, 1)
     targets = compute_style_targets(encoder, [torch.rand((1, 3, 96, 96), generator=g)], [1.0], list(STYLE))
-    temporal = [TemporalTerm(torch.rand((1, 3, H, W), generator=g), _held(40), 50.0)]
+    held = 1.0 - _fresh(40)
+    temporal = [TemporalTerm(torch.rand((1, 3, H, W), generator=g), held, 50.0)]
     image = (content + 0.2 * torch.randn(content.shape, generator=g)).clamp(-0.1, 1.1)
     return encoder, content, targets, temporal, image
 
@@ -82,10 +79,11 @@ def _value_and_grad(objective, image):
 def test_the_tiled_term_equals_the_untiled_one(setup):
     encoder, content, targets, temporal, image = setup
     weights = _weights(20.0)
-    total, parts, grad = _value_and_grad(FrameObjective(encoder, content, targets, weights, temporal), image)
+    fresh = _fresh(40)
+    total, parts, grad = _value_and_grad(FrameObjective(encoder, content, targets, weights, temporal, fresh), image)
     assert float(parts["new_content_style"]) > 0
     t_total, t_parts, t_grad = _value_and_grad(
-        TiledObjective(encoder, content, targets, weights, temporal, tile=64, halo=96), image)
+        TiledObjective(encoder, content, targets, weights, temporal, fresh, tile=64, halo=96), image)
     for name in parts:
         assert float(t_parts[name]) == pytest.approx(float(parts[name]), rel=1e-4), name
     assert float((t_grad - grad).norm() / grad.norm()) < 1e-4
@@ -94,8 +92,9 @@ def test_the_tiled_term_equals_the_untiled_one(setup):
 def test_the_gradient_reaches_the_new_content_alone(setup):
     """The term's own gradient lies where its features see the new columns; far left it is ~0."""
     encoder, content, targets, temporal, image = setup
-    with_term = _value_and_grad(FrameObjective(encoder, content, targets, _weights(20.0), temporal), image)[2]
-    without = _value_and_grad(FrameObjective(encoder, content, targets, _weights(0.0), temporal), image)[2]
+    fresh = _fresh(40)
+    with_term = _value_and_grad(FrameObjective(encoder, content, targets, _weights(20.0), temporal, fresh), image)[2]
+    without = _value_and_grad(FrameObjective(encoder, content, targets, _weights(0.0), temporal, fresh), image)[2]
     extra = (with_term - without).abs().sum(dim=(0, 1, 2))  # per column
     assert float(extra[W - 40:].mean()) > 100 * float(extra[:40].mean())
 

@@ -136,19 +136,48 @@ def test_warm_start_mask_keeps_the_warp_wherever_the_flow_stays_in_the_frame():
     np.testing.assert_array_equal(warm_start_mask("prev-warped", flow, reliable), reliable)
     with pytest.raises(ValueError, match="prev-warped init needs the flow's reliability mask"):
         warm_start_mask("prev-warped", flow)
+    changed = np.array([[0, 1, 0, 0]] * 3, np.float32)
+    np.testing.assert_array_equal(warm_start_mask("prev-warped-unchanged", flow, changed=changed),
+                                  [[0, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]])
 
 
-@pytest.mark.parametrize("init, from_warp", [("prev-warped-inside", [1, 1, 0, 0]), ("prev-warped", [0, 0, 0, 0])])
+def test_the_source_changed_where_a_moving_thing_uncovers_the_scene():
+    """A dark bar over a grey wall moves 4 px right; the camera is still (zero flow). Where the bar
+    was, the wall is uncovered: changed; the wall elsewhere and the bar's new place it still overlaps:
+    not; where the bar arrives over the wall: changed."""
+    from videostyle.motion.temporal import source_changed
+
+    before, now = np.full((8, 16, 3), 128, np.uint8), np.full((8, 16, 3), 128, np.uint8)
+    before[:, 4:8], now[:, 8:12] = 20, 20
+    flow = np.zeros((8, 16, 2), np.float32)
+    changed = source_changed(now, before, flow)
+    assert changed[:, 5:7].min() == 1 and changed[:, 9:11].min() == 1  # uncovered, and newly covered
+    assert changed[:, :3].max() == 0 and changed[:, 13:].max() == 0
+    # The same scene brought along the right flow (the whole picture moved 4 px right): no change.
+    moved = np.full((8, 16, 3), 128, np.uint8)
+    moved[:, 8:12] = 20
+    flow[..., 0] = -4.0
+    assert source_changed(moved, before, flow)[:, 4:].max() == 0
+
+
+@pytest.mark.parametrize("init, from_warp", [("prev-warped-unchanged", [1, 1, 1, 0, 0, 0, 0, 0]),
+                                             ("prev-warped-inside", [1, 1, 1, 1, 1, 1, 0, 0]),
+                                             ("prev-warped", [0] * 8)])
 def test_video_warm_start_takes_content_only_where_the_init_mode_says(init, from_warp):
-    """Flow all unreliable (a fast pan, say), the last two columns entering from outside the frame."""
+    """Flow all unreliable (a fast pan, say), the last two columns entering from outside the frame; the
+    source changed at column 4 (with the 3x3 mean of the change test: columns 3-5)."""
     from videostyle.config import StyleConfig
     from videostyle.run.chain import _init_and_temporal
 
     cfg = StyleConfig(styles=("s.png",), init=init)
-    content, previous = torch.zeros(1, 3, 3, 4), torch.ones(1, 3, 3, 4)
-    flow = np.zeros((3, 4, 2), np.float32)
+    content, previous = torch.zeros(1, 3, 3, 8), torch.ones(1, 3, 3, 8)
+    flow = np.zeros((3, 8, 2), np.float32)
     flow[..., 0] = 1.5
-    init_image, temporal = _init_and_temporal(cfg, 1, content, {0: previous}, {1: flow},
-                                              {1: np.zeros((3, 4), np.float32)}, torch.Generator())
+    before, now = np.zeros((3, 8, 3), np.uint8), np.zeros((3, 8, 3), np.uint8)
+    now[:, 4] = 255
+    init_image, temporal, fresh = _init_and_temporal(cfg, 1, content, {0: previous}, {1: flow},
+                                                     {1: np.zeros((3, 8), np.float32)}, torch.Generator(),
+                                                     sources=(now, before))
     assert init_image[0, 0].tolist() == [from_warp] * 3
+    assert fresh[0, 0].tolist() == [[1 - v for v in from_warp]] * 3  # the new-content term's pixels
     assert len(temporal) == 1 and float(temporal[0].mask.sum()) == 0.0

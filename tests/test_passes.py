@@ -56,7 +56,9 @@ def _mean_error(stylised: Path, source: Path, capsys) -> float:
 @pytest.mark.slow
 def test_more_passes_lower_the_temporal_error(tmp_path, capsys):
     """The moving-square clip (tests/common.py: square moving 4 px/frame, background brightening each frame),
-    the same iterations per frame in every pass. Pass 1 of a 2-pass run is the 1-pass result (kept in
+    the same iterations per frame in every pass. The new-content term is off: it is another lever on
+    the same error (here it lowered pass 1's by 15%, to 0.00100, and pass 2 ended at 0.00087 with it,
+    0.00080 without), and this test is about the passes. Pass 1 of a 2-pass run is the 1-pass result (kept in
     WORKDIR/frames), so one run gives both."""
     clip = make_clip(tmp_path / "in.mp4", n_frames=N_FRAMES, fps=12)
     style = _style(tmp_path / "style.png")
@@ -64,7 +66,7 @@ def test_more_passes_lower_the_temporal_error(tmp_path, capsys):
     assert main(["stylize", str(clip), "--style", str(style), "-o", str(tmp_path / "p2.mp4"), "--workdir", str(work),
                  "--keep-workdir", "--output-size", "working", "--weights", "untrained", "--size", "64",
                  "--iters", "10,5", "--passes", "2", "--content-layers", "relu3_1", "--style-layers",
-                 "relu1_1,relu2_1,relu3_1", *UNTRAINED_BALANCE, "-q"]) == 0
+                 "relu1_1,relu2_1,relu3_1", *UNTRAINED_BALANCE, "--new-content-style", "0", "-q"]) == 0
     one_pass = _mean_error(work / "frames", clip, capsys)
     two_passes = _mean_error(work, clip, capsys)  # evaluate reads a multi-pass work dir's last pass
     assert two_passes < 0.8 * one_pass, (one_pass, two_passes)

@@ -26,7 +26,8 @@ DEFAULT_STYLE_LAYERS = (("relu1_1", 1.0), ("relu2_1", 1.0), ("relu3_1", 1.0),
 # --quality presets: the settings that trade time for quality. Iterations chosen on trained features
 # (VGG-16, HED fine-tune of ImageNet VGG-16) by scripts/bench_quality.py --trace (docs/BENCHMARKS.md,
 # "Trained features"): first frame near the end of its loss curve, later frames where the warm start
-# stops gaining. Sizes and octaves from the untrained measurements before. Explicit flags override these.
+# stops gaining. Octaves measured on trained features too (2 against 1 at 256 px, 3 against 2 at 512 px);
+# the sizes are from the untrained measurements before. Explicit flags override these.
 QUALITY_PRESETS: dict[str, dict] = {
     "draft": dict(size=384, iters_first=150, iters=20, octaves=1),
     "default": dict(size=512, iters_first=300, iters=40, octaves=2),
@@ -35,7 +36,7 @@ QUALITY_PRESETS: dict[str, dict] = {
 QUALITIES = tuple(QUALITY_PRESETS)
 
 INITS_FIRST = ("content", "noise")
-INITS = ("prev-warped-inside", "prev-warped", "prev", "content", "noise")
+INITS = ("prev-warped-unchanged", "prev-warped-inside", "prev-warped", "prev", "content", "noise")
 OPTIMIZERS = ("lbfgs", "adam")
 POOLINGS = ("avg", "max")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -107,7 +108,7 @@ class StyleConfig:
     style_layers: tuple[tuple[str, float], ...] = DEFAULT_STYLE_LAYERS
     pooling: str = "avg"
     init_first: str = "content"
-    init: str = "prev-warped-inside"  # see temporal.warm_start_mask
+    init: str = "prev-warped-unchanged"  # see temporal.warm_start_mask
     flow: str = "dis"
     flow_offsets: tuple[int, ...] = (1,)
     tol_loss_relative: float = 0.0
@@ -309,8 +310,10 @@ SETTINGS: dict[type, dict[str, Setting]] = {
         "pass_iters": Setting("--pass-iters", "iterations per frame in passes after the first (default: the "
                               "later-frame --iters)"),
         "init": Setting("--init", "init of later frames: the previous output warped by the flow, with the "
-                        "content frame where the flow leaves the picture (prev-warped-inside, default) or "
-                        "wherever the flow is unreliable (prev-warped)"),
+                        "content frame where the flow leaves the picture or the source changed, as where a "
+                        "moving thing uncovers the scene (prev-warped-unchanged, default), only where the "
+                        "flow leaves the picture (prev-warped-inside), or wherever the flow is unreliable "
+                        "(prev-warped)"),
         "temporal_weight": Setting("--temporal-weight", "weight of the temporal consistency loss; 0 turns it "
                                    "off (default {default}, measured in docs/TEMPORAL.md)"),
         "new_content_style": Setting("--new-content-style", "style term on new content alone (scenery entering "

@@ -27,7 +27,7 @@ from videostyle.errors import InputError
 from videostyle.model import colour, memory
 from videostyle.model.features import LAYER_NAMES, VGGEncoder, resolve_weights
 from videostyle.model.masks import FrameMasks, composite
-from videostyle.model.optimise import (FrameObjective, FrameResult, LossWeights, StyleTargets, TemporalTerm,
+from videostyle.model.optimise import (FrameObjective, FrameResult, FrameStart, LossWeights, StyleTargets, TemporalTerm,
                                        compute_style_targets, octave_sizes, stylize_coarse_to_fine,
                                        stylize_frame)
 from videostyle.model.tiled import TiledObjective
@@ -37,8 +37,9 @@ from videostyle.timing import PHASES
 
 log = logging.getLogger(__name__)
 
-# ``start(target) -> (init, temporal terms)``: how a frame begins, given its content in the optimised space.
-Start = Callable[[torch.Tensor], "tuple[torch.Tensor, tuple[TemporalTerm, ...]]"]
+# ``start(target) -> (init, temporal terms[, fresh])``: how a frame begins, given its content in the
+# optimised space (a FrameStart, or its first two fields).
+Start = Callable[[torch.Tensor], "FrameStart | tuple[torch.Tensor, tuple[TemporalTerm, ...]]"]
 
 
 def pick_device(name: str) -> torch.device:
@@ -185,9 +186,9 @@ class Stylizer:
         """
         content = images.to_tensor(content_rgb, self.device)
         target = self.to_optimised(content)
-        init, temporal = start(target)
+        init, temporal, fresh = FrameStart(*start(target))
         with PHASES.measure("optimise"):  # to_uint8 waits for the device: its work counts here
-            result = self.stylize(target, init, iterations=iterations, temporal=temporal,
+            result = self.stylize(target, init, iterations=iterations, temporal=temporal, fresh=fresh,
                                   warm_started=warm_started, evaluate_result=evaluate_result,
                                   on_image=self._snapshot_hook(snapshots, content, index))
             if after_optimise is not None:
@@ -212,7 +213,8 @@ class Stylizer:
 
     def stylize(self, content: torch.Tensor, init: torch.Tensor, *, iterations: int,
                 temporal: tuple[TemporalTerm, ...] = (), warm_started: bool = False,
-                evaluate_result: bool = True, on_image: Callable | None = None) -> FrameResult:
+                evaluate_result: bool = True, on_image: Callable | None = None,
+                fresh: torch.Tensor | None = None) -> FrameResult:
         """Optimise one frame: ``content`` and ``init`` ``(1, 3, H, W)`` in the optimised space
         (:meth:`to_optimised`).
 
@@ -229,7 +231,7 @@ class Stylizer:
             return stylize_coarse_to_fine(self.encoder, content, init, self.targets, self.loss_weights,
                                           temporal, iterations=iterations, octaves=self.cfg.octaves,
                                           make_objective=self.make_objective, **kwargs)
-        objective = self.make_objective(self.encoder, content, self.targets, self.loss_weights, temporal)
+        objective = self.make_objective(self.encoder, content, self.targets, self.loss_weights, temporal, fresh)
         return stylize_frame(objective, init, iterations=iterations, **kwargs)
 
     def plan_memory(self, working_size: tuple[int, int], *, tile: int | None = None,
@@ -272,15 +274,16 @@ class Stylizer:
                         "(%.2f GiB for the frame); --max-memory raises it", width, height, plan.history,
                         wanted, budget / 2**30)
 
-    def make_objective(self, encoder, content, targets, weights, temporal=()):
+    def make_objective(self, encoder, content, targets, weights, temporal=(), fresh=None):
         """The frame objective: VGG on the whole frame, or on tiles of ``self.tile`` px (the same
         gradient to float rounding, in bounded memory: :mod:`videostyle.model.tiled`)."""
         if self.device.type == "cpu":
             memory.release_free_memory()  # each octave's tensors have other sizes than the last's
         if self.tile is None or max(content.shape[-2:]) <= self.tile:
-            objective = FrameObjective(encoder, content, targets, weights, temporal)
+            objective = FrameObjective(encoder, content, targets, weights, temporal, fresh)
         else:
-            objective = TiledObjective(encoder, content, targets, weights, temporal, tile=self.tile, halo=TILE_HALO)
+            objective = TiledObjective(encoder, content, targets, weights, temporal, fresh, tile=self.tile,
+                                       halo=TILE_HALO)
         return objective if self.on_step is None else CountedObjective(objective, self.on_step)
 
     def to_optimised(self, image: torch.Tensor) -> torch.Tensor:

@@ -29,14 +29,16 @@ from videostyle.model.tiling import layer_stride
 class TermInputs:
     """What a term's builder may use: the loss weights (:class:`~videostyle.model.optimise.LossWeights`),
     the style targets (:class:`~videostyle.model.optimise.StyleTargets`), the content features of the frame
-    ``{layer: (1, C, h, w)}`` and their powers, and the temporal terms
-    (:class:`~videostyle.model.optimise.TemporalTerm`)."""
+    ``{layer: (1, C, h, w)}`` and their powers, the temporal terms
+    (:class:`~videostyle.model.optimise.TemporalTerm`), and ``fresh``: ``(1, 1, H, W)`` in [0, 1], the
+    pixels of a warm-started frame that start from the content (None: none, or not warm-started)."""
 
     weights: object
     targets: object
     content_targets: Mapping[str, torch.Tensor]
     content_powers: Mapping[str, torch.Tensor]
     temporal: Sequence[object]
+    fresh: torch.Tensor | None = None
 
 
 FEATURE_TERMS: dict[str, Callable[[TermInputs], object | None]] = {}
@@ -92,31 +94,20 @@ class GramLoss:
 
 
 # New content smaller than this share of the frame gets no style term of its own: a few scattered
-# pixels (the flow's unreliable specks) matched to the whole style's Gram matrices alone would speckle.
+# pixels matched to the whole style's Gram matrices alone would speckle.
 MIN_NEW_CONTENT_SHARE = 0.002
 
 
-def new_content_mask(temporal: Sequence[object]) -> torch.Tensor | None:
-    """``(1, 1, H, W)`` in [0, 1]: how far each pixel is from being held by any temporal term (``1 -``
-    the largest of their masks), i.e. new content: scenery entering at an edge, what a moving thing
-    uncovers. None without temporal terms."""
-    if not temporal:
-        return None
-    held = temporal[0].mask
-    for term in temporal[1:]:
-        held = torch.maximum(held, term.mask)
-    return 1.0 - held
-
-
-def new_content_shares(weights, temporal: Sequence[object]) -> dict[str, torch.Tensor]:
-    """Per style layer, each feature position's share of new content (:func:`new_content_mask` averaged
-    over the layer's cells of :func:`~videostyle.model.tiling.layer_stride` px, ``(1, 1, H // s, W // s)``);
-    empty when the term is off (``weights.new_content`` 0), without temporal terms, or when the new
-    content is under :data:`MIN_NEW_CONTENT_SHARE` of the frame. A layer whose grid holds less than one
-    whole new cell is left out."""
-    new = new_content_mask(temporal) if weights.new_content > 0 else None
-    if new is None or float(new.mean()) < MIN_NEW_CONTENT_SHARE:
+def new_content_shares(weights, fresh: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Per style layer, each feature position's share of new content: ``fresh`` ``(1, 1, H, W)`` (the
+    pixels a warm-started frame starts from the content, :func:`videostyle.motion.temporal.warm_start_mask`)
+    averaged over the layer's cells of :func:`~videostyle.model.tiling.layer_stride` px,
+    ``(1, 1, H // s, W // s)``. Empty when the term is off (``weights.new_content`` 0), without fresh
+    pixels (a frame from scratch), or when they are under :data:`MIN_NEW_CONTENT_SHARE` of the frame.
+    A layer whose grid holds less than one whole new cell is left out."""
+    if weights.new_content <= 0 or fresh is None or float(fresh.mean()) < MIN_NEW_CONTENT_SHARE:
         return {}
+    new = fresh
     out = {}
     for layer in weights.style_layers:
         s = layer_stride(layer)
@@ -134,9 +125,9 @@ def _box(picked: torch.Tensor) -> tuple[slice, slice]:
 
 
 class NewContentStyle:
-    """Gatys' style loss on the new content alone: per layer, the Gram matrix of the positions no
-    temporal term holds (:func:`new_content_mask`, :func:`~videostyle.model.losses.weighted_gram`) against
-    the style's, weighted ``weight * lw_l``.
+    """Gatys' style loss on the new content alone: per layer, the Gram matrix of the positions that
+    started from the content in a warm-started frame (:func:`new_content_shares`,
+    :func:`~videostyle.model.losses.weighted_gram`) against the style's, weighted ``weight * lw_l``.
 
     Why (issue 18, items 5 and 6): the frame's style term depends on the whole frame's Gram matrices,
     which a warm-started frame already matches, so a strip of new scenery (a few % of the frame) gets
@@ -213,7 +204,7 @@ def _style(i: TermInputs):
 
 @feature_term("new_content_style")
 def _new_content_style(i: TermInputs):
-    shares = new_content_shares(i.weights, i.temporal)
+    shares = new_content_shares(i.weights, i.fresh)
     return NewContentStyle(i.weights.new_content, i.weights.style_layers, i.targets.grams, i.targets.powers,
                            shares) if shares else None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
@@ -84,6 +84,16 @@ class TemporalTerm:
     weight: float
 
 
+class FrameStart(NamedTuple):
+    """How one frame's optimisation begins: ``init`` ``(1, 3, H, W)``, its temporal terms, and ``fresh``
+    ``(1, 1, H, W)`` in [0, 1], the pixels of a warm start taken from the content rather than the previous
+    output (scenery entering the frame, what a moving thing uncovers), None where there are none."""
+
+    init: torch.Tensor
+    temporal: tuple[TemporalTerm, ...] = ()
+    fresh: torch.Tensor | None = None
+
+
 @dataclass(frozen=True)
 class LossWeights:
     """Loss weights and per-layer weights (layer weights already normalised to sum 1)."""
@@ -101,11 +111,13 @@ class FrameObjective:
     """The scalar objective of one frame: the sum of the registered loss terms
     (:mod:`videostyle.model.objective`): content + style + temporal + tv + range.
 
-    Content targets are computed once at construction from ``content`` ``(1, 3, H, W)``.
+    Content targets are computed once at construction from ``content`` ``(1, 3, H, W)``. ``fresh``
+    ``(1, 1, H, W)``: the pixels of a warm-started frame that start from the content (the new-content
+    style term's, :class:`~videostyle.model.objective.NewContentStyle`), None for none.
     """
 
     def __init__(self, encoder: VGGEncoder, content: torch.Tensor, targets: StyleTargets,
-                 weights: LossWeights, temporal: Sequence[TemporalTerm] = ()):
+                 weights: LossWeights, temporal: Sequence[TemporalTerm] = (), fresh: torch.Tensor | None = None):
         self.encoder = encoder
         self.targets = targets
         self.weights = weights
@@ -116,7 +128,7 @@ class FrameObjective:
             # The content loss normalisers once per frame (the style ones once per run, in targets).
             self.content_powers = {layer: losses.power(t) for layer, t in self.content_targets.items()}
         self.feature_terms = build_terms(FEATURE_TERMS, TermInputs(weights, targets, self.content_targets,
-                                                                    self.content_powers, self.temporal))
+                                                                    self.content_powers, self.temporal, fresh))
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Returns ``(total, parts)``; parts are the weighted terms (scalars, still in the graph)."""

@@ -38,7 +38,7 @@ class TiledObjective:
     Gram pass), and the halos' overlap.
     """
 
-    def __init__(self, encoder: VGGEncoder, content: torch.Tensor, targets, weights, temporal=(), *,
+    def __init__(self, encoder: VGGEncoder, content: torch.Tensor, targets, weights, temporal=(), fresh=None, *,
                  tile: int, halo: int):
         self.encoder, self.targets, self.weights = encoder, targets, weights
         self.temporal = tuple(temporal)
@@ -48,7 +48,7 @@ class TiledObjective:
         with torch.no_grad():
             self.content_powers = {layer: losses.power(t) for layer, t in self.content_targets.items()}
         # The new content's style term (objective.NewContentStyle): its positions' shares per layer.
-        self.new_shares = new_content_shares(weights, self.temporal)
+        self.new_shares = new_content_shares(weights, fresh)
 
     def _content(self, feats: dict[str, torch.Tensor], t: Tile) -> torch.Tensor:
         """Tile ``t``'s share of the weighted content terms (its interior's squared errors over the

@@ -9,10 +9,31 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import cv2
 import numpy as np
 import torch
 
-from videostyle.motion.flow import warp
+from videostyle.motion.flow import warp, warp_numpy
+
+# A source pixel "changed" between frames when, after the warp, one of its colour channels differs by
+# more than this (in [0, 1], over a 3x3 mean): what a moving thing uncovers (legs walking past a bike:
+# 6% of bikes.mp4's frame) rather than the flow's error over flat sky (0.8% of samples/harbour.mp4's
+# frame) or a handheld camera's motion (0% of realshort.mp4's). docs/BENCHMARKS.md, "New content".
+SOURCE_CHANGE = 0.1
+
+
+def source_changed(current: np.ndarray, previous: np.ndarray, flow_back: np.ndarray) -> np.ndarray:
+    """Where frame t's source shows something other than frame t-1's brought along the flow: ``(H, W)``
+    float32 in {0, 1}, 1 = changed by more than :data:`SOURCE_CHANGE`.
+
+    Args:
+        current, previous: source frames t and t-1 at the flow's size, ``(H, W, 3)`` uint8.
+        flow_back: ``(H, W, 2)`` px, t -> t-1.
+    """
+    warped = warp_numpy(previous.astype(np.float32) / 255.0, flow_back)
+    diff = np.abs(current.astype(np.float32) / 255.0 - warped).max(axis=-1)
+    diff = cv2.blur(diff, (3, 3))  # one noisy pixel is not a change
+    return (diff > SOURCE_CHANGE).astype(np.float32)
 
 
 def long_term_masks(masks: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
@@ -47,28 +68,39 @@ def warp_previous(previous: torch.Tensor, flow_back: np.ndarray) -> torch.Tensor
     return warp(previous, torch.from_numpy(flow_back).to(previous.device), mode="bicubic").clamp_(0.0, 1.0)
 
 
-def warm_start_mask(mode: str, flow_back: np.ndarray, reliable: np.ndarray | None = None) -> np.ndarray:
+def warm_start_mask(mode: str, flow_back: np.ndarray, reliable: np.ndarray | None = None,
+                    changed: np.ndarray | None = None) -> np.ndarray:
     """Where the warm start of frame t takes the previous output warped by ``flow_back`` (t -> t-1,
     ``(H, W, 2)`` px) rather than the content frame: ``(H, W)`` float32 in {0, 1}.
 
-    ``prev-warped-inside`` (default): wherever ``p + flow(p)`` lies inside the frame. Pixels whose flow
+    ``prev-warped-unchanged`` (default): wherever ``p + flow(p)`` lies inside the frame and the source
+    there did not change (``changed``, :func:`source_changed`, is 0). What a moving thing uncovers would
+    otherwise start from the thing's own stylised pixels, brought along the background's flow: a smear
+    that the later-frame iterations do not repaint and the temporal term then holds (issue 18, item
+    6; docs/BENCHMARKS.md "New content"). Those pixels start from the content and the new-content style
+    term paints them.
+    ``prev-warped-inside``: wherever ``p + flow(p)`` lies inside the frame. Pixels whose flow
     leaves the frame (new scenery at an edge of a pan) would be border pixels smeared into streaks, so
     they start from the content frame; every other pixel starts stylised. ``prev-warped`` (the first design's, docs/ARCHITECTURE.md
     first choice): only where the ``reliable`` ``(H, W)`` mask (:func:`~videostyle.motion.flow.reliability_mask`)
-    is 1. Measured (docs/BENCHMARKS.md): the few unreliable pixels (5% on realshort.mp4) that start
-    unstylised raise the init's style loss 9x, and at 10 iterations per frame they leave more flicker
-    (E 1.4x) and a higher style loss behind.
+    is 1. Measured (docs/BENCHMARKS.md): the unreliable pixels start unstylised, and on flat regions
+    (a clear sky, where the flow check fails) they restart from the photo every frame.
     """
     if mode == "prev-warped":
         if reliable is None:
             raise ValueError("prev-warped init needs the flow's reliability mask")
         return reliable.astype(np.float32)
-    if mode != "prev-warped-inside":
+    if mode not in ("prev-warped-inside", "prev-warped-unchanged"):
         raise ValueError(f"no warm-start mask for init {mode!r}")
     h, w = flow_back.shape[:2]
     x = np.arange(w, dtype=np.float32)[None, :] + flow_back[..., 0]
     y = np.arange(h, dtype=np.float32)[:, None] + flow_back[..., 1]
-    return ((x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)).astype(np.float32)
+    inside = ((x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)).astype(np.float32)
+    if mode == "prev-warped-unchanged":
+        if changed is None:
+            raise ValueError("prev-warped-unchanged init needs the source's change mask")
+        return inside * (1.0 - changed)
+    return inside
 
 
 def mask_tensor(mask: np.ndarray, device: torch.device | str) -> torch.Tensor:
@@ -82,7 +114,7 @@ def initial_image(mode: str, *, content: torch.Tensor, previous: torch.Tensor | 
     """The optimiser's starting image for one frame.
 
     Modes: ``content``; ``noise`` (uniform in [0, 1], seeded by ``generator``); ``prev`` (the previous
-    output as is); ``prev-warped-inside`` and ``prev-warped``: the previous output warped by the
+    output as is); the ``prev-warped`` modes: the previous output warped by the
     backward flow where ``mask`` ``(1, 1, H, W)`` is 1, ``content`` elsewhere (the mask tells the two
     apart: :func:`warm_start_mask`). Without a previous output (frame 0), the ``prev`` modes fall back
     to ``content``.
@@ -93,7 +125,7 @@ def initial_image(mode: str, *, content: torch.Tensor, previous: torch.Tensor | 
         return content.clone()
     if mode == "prev":
         return previous.clone()
-    if mode in ("prev-warped-inside", "prev-warped"):
+    if mode.startswith("prev-warped"):
         if warped_previous is None or mask is None:
             raise ValueError(f"{mode} init needs the warped previous output and its warm-start mask")
         return mask * warped_previous + (1 - mask) * content

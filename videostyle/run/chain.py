@@ -30,10 +30,11 @@ from videostyle.media.decode import FramePrefetcher, iter_frames
 from videostyle.media.encode import remove_partial_outputs
 from videostyle.media.encode_stream import StreamingEncoder
 from videostyle.media.probe import VideoInfo
-from videostyle.model.optimise import TemporalTerm
+from videostyle.model.optimise import FrameStart, TemporalTerm
 from videostyle.motion import scenes
 from videostyle.motion.flow import FlowEstimator, FlowWorker
-from videostyle.motion.temporal import initial_image, long_term_masks, mask_tensor, warm_start_mask, warp_previous
+from videostyle.motion.temporal import (initial_image, long_term_masks, mask_tensor, source_changed, warm_start_mask,
+                                       warp_previous)
 from videostyle.run.plan import (ProgressFactory, RunPlan, RunSummary, check_disk_space, estimated_frame_count,
                                  first_frame, open_run_workdir, pipeline_memory, snapshot_writer)
 from videostyle.step import Stylizer, frame_generator, fresh_frame_iterations, pick_device
@@ -177,7 +178,10 @@ def run_chain(info: VideoInfo, stylizer: Stylizer, work: FrameStore, working: tu
         records = _frame_records(frames, cfg, working, device)
         try:
             last_histogram = None  # of the frame before, for the scene cut test
+            last_content: tuple[int, np.ndarray] | None = None  # the source frame before, at the working size
             for index, pts, content_rgb, flows, masks in records:
+                before = last_content[1] if last_content is not None and last_content[0] == index - 1 else None
+                last_content = (index, content_rgb)
                 histogram = scenes.colour_histogram(content_rgb) if cfg.needs_flow else None
                 cut = (index > first and last_histogram is not None and 1 in masks
                        and scenes.is_cut(float(masks[1].mean()),
@@ -196,7 +200,8 @@ def run_chain(info: VideoInfo, stylizer: Stylizer, work: FrameStore, working: tu
 
                 def start_from(target, index=index):
                     return _init_and_temporal(cfg, index, target, previous, flows, masks,
-                                              frame_generator(cfg.seed, index))
+                                              frame_generator(cfg.seed, index),
+                                              sources=(content_rgb, before))
                 # A frame from scratch takes minutes on a CPU (iters_first at every octave): the bar
                 # counts its iterations, so a first frame does not look like a hang.
                 stylizer.on_step = _iteration_counter(bar, index, stylizer, content_rgb) if fresh else None
@@ -271,24 +276,29 @@ def _frame_records(frames, cfg: StyleConfig, working: tuple[int, int], device: t
 
 def _init_and_temporal(cfg: StyleConfig, index: int, content: torch.Tensor,
                        previous: dict[int, torch.Tensor], flows: dict, masks: dict,
-                       generator: torch.Generator) -> tuple[torch.Tensor, tuple[TemporalTerm, ...]]:
-    """Initial image and temporal terms for frame ``index`` (Ruder et al.)."""
+                       generator: torch.Generator, *, sources: tuple[np.ndarray, np.ndarray] | None = None
+                       ) -> FrameStart:
+    """Initial image, temporal terms and fresh pixels for frame ``index`` (Ruder et al.). ``sources``: the source
+    frames ``index`` and ``index - 1`` at the working size, ``(H, W, 3)`` uint8, for
+    ``prev-warped-unchanged``'s change mask."""
     if index == 0 or (index - 1) not in previous:
-        return initial_image(cfg.init_first, content=content, generator=generator), ()
+        return FrameStart(initial_image(cfg.init_first, content=content, generator=generator))
     warped, mask_t = {}, {}
     if flows:
         for k, mask in long_term_masks({k: masks[k] for k in flows if index - k in previous}).items():
             warped[k] = warp_previous(previous[index - k], flows[k])
             mask_t[k] = mask_tensor(mask, content.device)
+    mask = None
+    if cfg.init.startswith("prev-warped") and 1 in flows:
+        # The source before is at hand whenever its flow is: the records start before the resume point.
+        changed = source_changed(*sources, flows[1]) if cfg.init == "prev-warped-unchanged" else None
+        mask = mask_tensor(warm_start_mask(cfg.init, flows[1], masks[1], changed), content.device)
     init = initial_image(cfg.init, content=content, previous=previous[index - 1],
-                         warped_previous=warped.get(1),
-                         mask=mask_tensor(warm_start_mask(cfg.init, flows[1], masks[1]), content.device)
-                         if cfg.init.startswith("prev-warped") and 1 in flows else None,
-                         generator=generator)
+                         warped_previous=warped.get(1), mask=mask, generator=generator)
     temporal = ()
     if cfg.temporal_weight > 0:
         temporal = tuple(TemporalTerm(warped[k], mask_t[k], cfg.temporal_weight) for k in sorted(warped))
-    return init, temporal
+    return FrameStart(init, temporal, None if mask is None else 1.0 - mask)
 
 
 def stylize_local(plan: RunPlan, opts: RunOptions, *, progress: ProgressFactory | None = None,
