@@ -26,6 +26,9 @@ measure, on the lossless frames); --save writes frames --show of each variant be
 A smear (a moving object's stylised pixels carried into the scenery it uncovers) shows as a higher
 content distance: those pixels look like the object, not like what is there now.
 
+Variants set StyleConfig fields (`init=prev-warped-inside`, `new_content_style=0` for the settings before
+session 7) or trial levers (`guess`, `extra`, `local`: session 6's, docs/BENCHMARKS.md "New content").
+
 Weights default to the trained VGG-16 (HED fine-tune of ImageNet VGG-16) of scripts/trained_weights.py.
 """
 
@@ -201,8 +204,8 @@ def trial_levers(levers: set):
             y0, y1, x0, x1 = box[0]
             base = self.make_objective
 
-            def make_objective(encoder, content, targets, weights, temporal=()):
-                objective = base(encoder, content, targets, weights, temporal)
+            def make_objective(encoder, content, targets, weights, temporal=(), fresh=None):
+                objective = base(encoder, content, targets, weights, temporal, fresh)
                 return LocalStyle(objective, (y0, y1, x0, x1))
 
             self.make_objective = make_objective

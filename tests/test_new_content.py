@@ -11,6 +11,7 @@ import torch
 from videostyle.config import StyleConfig
 from videostyle.model import losses
 from videostyle.model.features import VGGEncoder, resolve_weights
+from videostyle.model import objective
 from videostyle.model.objective import MIN_NEW_CONTENT_SHARE, new_content_shares
 from videostyle.model.optimise import FrameObjective, LossWeights, TemporalTerm, compute_style_targets
 from videostyle.model.tiled import TiledObjective
@@ -40,7 +41,20 @@ def test_the_weighted_gram_is_the_gram_of_the_positions_it_picks():
     assert torch.allclose(losses.weighted_gram(feats, share), losses.gram(feats[..., 7:]), rtol=1e-5)
 
 
-def test_the_term_applies_only_when_there_is_enough_new_content():
+def test_the_new_content_has_a_soft_rim():
+    """The fresh pixels count whole; around them a rim fades from about 1/3 over a Gaussian of 5% of the
+    long edge, so the strokes painted there continue the ones beside them (without it: a band of its own
+    per frame's strip)."""
+    share = objective._feathered(_fresh(20), objective.NEW_CONTENT_FEATHER * W)[0, 0, 0]
+    assert float(share[W - 20:].min()) == 1.0
+    rim = share[:W - 20].flip(0)  # from the strip's edge outwards
+    sigma = objective.NEW_CONTENT_FEATHER * W  # 9.2 px
+    assert 0.2 < float(rim[0]) < 0.5 and float(rim[int(sigma)]) > 0.05 and float(rim[int(3 * sigma)]) < 0.001
+    assert bool((rim[1:] <= rim[:-1]).all())
+
+
+def test_the_term_applies_only_when_there_is_enough_new_content(monkeypatch):
+    monkeypatch.setattr(objective, "NEW_CONTENT_FEATHER", 0.0)  # whole cells, to count them
     shares = new_content_shares(_weights(20.0), _fresh(20))
     assert list(shares) == list(STYLE)
     # relu3_1 has 4 px cells: 20 new columns are 5 whole cells of each of its 34 rows.

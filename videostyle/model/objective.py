@@ -98,16 +98,38 @@ class GramLoss:
 MIN_NEW_CONTENT_SHARE = 0.002
 
 
+# The new content's term also counts the pixels around it, fading over this share of the frame's long
+# edge (Gaussian sigma; the style's strokes scale with the frame, as the style image is resized to it):
+# matched to the style on its own, each frame's strip of entering scenery became a band of strokes of
+# its own; with the rim (8 px at 160 px) they continue the strokes beside them (docs/BENCHMARKS.md,
+# "New content").
+NEW_CONTENT_FEATHER = 0.05
+
+
+def _feathered(mask: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``max(mask, blur(mask) / max(blur(mask)))``: ``mask`` ``(1, 1, H, W)`` with a soft rim of ``sigma`` px
+    (a separable Gaussian, zero outside the frame); ``mask`` itself when ``sigma`` is 0."""
+    if sigma <= 0:
+        return mask
+    radius = int(3 * sigma)
+    x = torch.arange(-radius, radius + 1, device=mask.device, dtype=mask.dtype)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    blurred = torch.nn.functional.conv2d(mask, kernel.view(1, 1, 1, -1), padding=(0, radius))
+    blurred = torch.nn.functional.conv2d(blurred, kernel.view(1, 1, -1, 1), padding=(radius, 0))
+    return torch.maximum(mask, blurred / blurred.max().clamp_min(1e-6))
+
+
 def new_content_shares(weights, fresh: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Per style layer, each feature position's share of new content: ``fresh`` ``(1, 1, H, W)`` (the
     pixels a warm-started frame starts from the content, :func:`videostyle.motion.temporal.warm_start_mask`)
-    averaged over the layer's cells of :func:`~videostyle.model.tiling.layer_stride` px,
-    ``(1, 1, H // s, W // s)``. Empty when the term is off (``weights.new_content`` 0), without fresh
+    with a soft rim (:data:`NEW_CONTENT_FEATHER`), averaged over the layer's cells of
+    :func:`~videostyle.model.tiling.layer_stride` px, ``(1, 1, H // s, W // s)``. Empty when the term is off (``weights.new_content`` 0), without fresh
     pixels (a frame from scratch), or when they are under :data:`MIN_NEW_CONTENT_SHARE` of the frame.
     A layer whose grid holds less than one whole new cell is left out."""
     if weights.new_content <= 0 or fresh is None or float(fresh.mean()) < MIN_NEW_CONTENT_SHARE:
         return {}
-    new = fresh
+    new = _feathered(fresh, NEW_CONTENT_FEATHER * max(fresh.shape[-2:]))
     out = {}
     for layer in weights.style_layers:
         s = layer_stride(layer)
