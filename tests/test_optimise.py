@@ -137,8 +137,11 @@ def test_warm_start_mask_keeps_the_warp_wherever_the_flow_stays_in_the_frame():
     with pytest.raises(ValueError, match="prev-warped init needs the flow's reliability mask"):
         warm_start_mask("prev-warped", flow)
     changed = np.array([[0, 1, 0, 0]] * 3, np.float32)
-    np.testing.assert_array_equal(warm_start_mask("prev-warped-unchanged", flow, changed=changed),
+    # Content where the flow leaves the frame, and where it is unreliable and the source changed (column
+    # 1); a change where the flow is reliable is the scene's own (light), and the warp stands.
+    np.testing.assert_array_equal(warm_start_mask("prev-warped-unchanged", flow, reliable, changed),
                                   [[0, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]])
+    np.testing.assert_array_equal(warm_start_mask("prev-warped-unchanged", flow, 1 - reliable, changed), inside)
 
 
 def test_the_source_changed_where_a_moving_thing_uncovers_the_scene():

@@ -16,10 +16,11 @@ import torch
 from videostyle.motion.flow import warp, warp_numpy
 
 # A source pixel "changed" between frames when, after the warp, one of its colour channels differs by
-# more than this (in [0, 1], over a 3x3 mean): what a moving thing uncovers (legs walking past a bike:
-# 6% of bikes.mp4's frame) rather than the flow's error over flat sky (0.8% of samples/harbour.mp4's
-# frame) or a handheld camera's motion (0% of realshort.mp4's). docs/BENCHMARKS.md, "New content".
-SOURCE_CHANGE = 0.1
+# more than this (in [0, 1], over a 3x3 mean). With the flow check failed there too, it marks what a
+# moving thing covers or uncovers: 10-14% of bikes.mp4's frames while legs walk past the bikes (dark on
+# dark: a higher threshold missed most of it), 0.6-2% of samples/harbour.mp4's (whose flat sky fails
+# the flow check but does not change), 0.2% of realshort.mp4's. docs/BENCHMARKS.md, "New content".
+SOURCE_CHANGE = 0.03
 
 
 def source_changed(current: np.ndarray, previous: np.ndarray, flow_back: np.ndarray) -> np.ndarray:
@@ -73,8 +74,9 @@ def warm_start_mask(mode: str, flow_back: np.ndarray, reliable: np.ndarray | Non
     """Where the warm start of frame t takes the previous output warped by ``flow_back`` (t -> t-1,
     ``(H, W, 2)`` px) rather than the content frame: ``(H, W)`` float32 in {0, 1}.
 
-    ``prev-warped-unchanged`` (default): wherever ``p + flow(p)`` lies inside the frame and the source
-    there did not change (``changed``, :func:`source_changed`, is 0). What a moving thing uncovers would
+    ``prev-warped-unchanged`` (default): wherever ``p + flow(p)`` lies inside the frame, except where
+    the flow is unreliable (``reliable`` 0) and the source changed (``changed``, :func:`source_changed`,
+    is 1): there the warp is wrong, not just unsure. What a moving thing uncovers would
     otherwise start from the thing's own stylised pixels, brought along the background's flow: a smear
     that the later-frame iterations do not repaint and the temporal term then holds (issue 18, item
     6; docs/BENCHMARKS.md "New content"). Those pixels start from the content and the new-content style
@@ -97,9 +99,9 @@ def warm_start_mask(mode: str, flow_back: np.ndarray, reliable: np.ndarray | Non
     y = np.arange(h, dtype=np.float32)[:, None] + flow_back[..., 1]
     inside = ((x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)).astype(np.float32)
     if mode == "prev-warped-unchanged":
-        if changed is None:
-            raise ValueError("prev-warped-unchanged init needs the source's change mask")
-        return inside * (1.0 - changed)
+        if changed is None or reliable is None:
+            raise ValueError("prev-warped-unchanged init needs the flow's reliability and the source's change masks")
+        return inside * (1.0 - (1.0 - reliable.astype(np.float32)) * changed)
     return inside
 
 
