@@ -51,7 +51,8 @@ from videostyle.model.optimise import (FrameObjective, LossWeights, TemporalTerm
                                  stylize_frame)
 from videostyle.step import pick_device  # noqa: E402
 from videostyle.run.api import stylize_video  # noqa: E402
-from videostyle.motion.temporal import initial_image, mask_tensor, warm_start_mask, warp_previous  # noqa: E402
+from videostyle.motion.temporal import (initial_image, mask_tensor, source_changed, warm_start_mask,  # noqa: E402
+                                       warp_previous)
 from videostyle.model.tiling import tile_grid  # noqa: E402
 
 STYLE_LAYERS = {f"relu{i}_1": 0.2 for i in range(1, 6)}
@@ -252,8 +253,10 @@ def iterations_to_threshold(args, enc, contents, targets, lw, temporal, objectiv
         return float("inf")
 
     def warm_init(mode: str):
+        changed = (source_changed(images.to_uint8(contents[1]), images.to_uint8(contents[0]), back)
+                   if mode == "prev-warped-unchanged" else None)
         return initial_image(mode, content=contents[1], previous=prev, warped_previous=warped,
-                             mask=mask_tensor(warm_start_mask(mode, back, reliable), device))
+                             mask=mask_tensor(warm_start_mask(mode, back, reliable, changed), device))
 
     runs = {"from scratch": (t_ref, ref.history, ())}
     for mode in (StyleConfig.init, "prev-warped"):  # the default, and content wherever the flow is unreliable
