@@ -3,7 +3,8 @@
     python scripts/bench_temporal.py [--size 256] [--iters 30 | --iters FIRST,LATER] [--octaves 1]
                                      [--frames 6] [--weights untrained] [--temporal-weights 50]
                                      [--variants a,b,c] [--clips known,real] [--jobs N] [--threads N]
-                                     [--init prev-warped-inside|prev-warped] [--tol 0.01] [--json out.json]
+                                     [--init prev-warped-unchanged|prev-warped-inside|prev-warped]
+                                     [--new-content-style W] [--tol 0.01] [--json out.json]
 
 Two clips:
   known  KNOWN motion made here: a real photo (--photo) under a smooth camera path (pan, zoom and a
@@ -15,7 +16,7 @@ before the speed work), as
     (a) independent frames      --init content     --temporal-weight 0
     (b) warm start only         --init INIT --temporal-weight 0
     (c) warm start + temporal   --init INIT --temporal-weight W   (for each W in --temporal-weights)
-(--init: prev-warped-inside, the default, or prev-warped)
+(--init: prev-warped-unchanged, the default, prev-warped-inside or prev-warped)
 Columns (E = mean_t sum M_t |O_t - warp(O_t-1)|^2 / (3 sum M_t), pixels in [0, 1]):
     E frames   E of the stylised frames as the optimiser wrote them (lossless PNGs of the work dir),
                flow and mask by DIS on the source, as `videostyle evaluate` measures them
@@ -228,7 +229,8 @@ def run_clip(kind: str, args: argparse.Namespace) -> tuple[list[dict], str]:
         for name, extra in variants.items():
             cfg = StyleConfig(styles=(args.style,), size=args.size, iters_first=args.iters[0],
                               iters=args.iters[1], octaves=args.octaves, range_weight=args.range_weight,
-                              tol_loss_relative=args.tol, weights=args.weights, model=args.model, **extra)
+                              tol_loss_relative=args.tol, weights=args.weights, model=args.model,
+                              new_content_style=args.new_content_style, **extra)
             out, work = tmp / "out.mp4", tmp / "work"
             shutil.rmtree(work, ignore_errors=True)
             t = time.perf_counter()
@@ -267,8 +269,13 @@ def main() -> None:
     default_range = StyleConfig.__dataclass_fields__["range_weight"].default
     ap.add_argument("--range-weight", type=float, default=default_range,
                     help=f"penalty on pixels outside [0, 1] (default {default_range:g}, the pipeline's)")
-    ap.add_argument("--init", default=StyleConfig.init, choices=("prev-warped-inside", "prev-warped"),
+    ap.add_argument("--init", default=StyleConfig.init,
+                    choices=("prev-warped-unchanged", "prev-warped-inside", "prev-warped"),
                     help=f"init of later frames in (b) and (c) (default {StyleConfig.init})")
+    default_new = StyleConfig.__dataclass_fields__["new_content_style"].default
+    ap.add_argument("--new-content-style", type=float, default=default_new,
+                    help=f"the style term on new content in (b) and (c), as videostyle stylize's (default "
+                         f"{default_new:g})")
     ap.add_argument("--tol", type=float, default=0.0,
                     help="early stop of each frame, as videostyle stylize --tol (default 0: off)")
     ap.add_argument("--variants", default="a,b,c", help="which of a, b, c to run (default a,b,c)")

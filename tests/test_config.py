@@ -23,7 +23,7 @@ def test_blend_weights_are_normalised():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(styles=()), "at least one style image is required"),
     (dict(styles=("a", "b"), style_weights=(1.0,)), "2 style images but 1 style weights"),
-    (dict(styles=("a",), init="warp"), "--init must be one of prev-warped-inside, prev-warped, prev, content, noise; got 'warp'"),
+    (dict(styles=("a",), init="warp"), "--init must be one of prev-warped-unchanged, prev-warped-inside, prev-warped, prev, content, noise; got 'warp'"),
     (dict(styles=("a",), size=8), "--size must be at least 16 px, got 8"),
 ])
 def test_invalid_settings_say_what_was_expected(kwargs, message):

@@ -103,7 +103,7 @@ class StyleConfig:
     tv_weight: float = 2.0  # halves the flat sky's checkerboard at no style cost, same section
     range_weight: float = 100.0  # keeps pixels in [0, 1] while optimising, see losses.range_penalty
     temporal_weight: float = 50.0  # chosen by scripts/bench_temporal.py, see docs/TEMPORAL.md
-    new_content_style: float = 1.0  # x style_weight; docs/BENCHMARKS.md "New content"
+    new_content_style: float = 0.5  # x style_weight; docs/BENCHMARKS.md "New content"
     content_layers: tuple[tuple[str, float], ...] = DEFAULT_CONTENT_LAYERS
     style_layers: tuple[tuple[str, float], ...] = DEFAULT_STYLE_LAYERS
     pooling: str = "avg"

@@ -51,23 +51,24 @@ def gram(features: torch.Tensor) -> torch.Tensor:
 
 
 class _WeightedGram(torch.autograd.Function):
-    """``(F * s) F^T / n`` for per-position weights ``s`` (constant), saving nothing but ``F`` (which VGG's
-    graph keeps anyway) and ``s``: a weighted copy of the features would be one more layer's worth of
-    memory held until the backward pass."""
+    """``(F * s) F^T / n`` for per-position weights ``s``, whose gradient weighs each position by ``m``
+    instead (``m <= s``; the positions' ``s - m`` counted as constants). Saves nothing but ``F`` (which
+    VGG's graph keeps anyway) and the weights: a weighted copy of the features would be one more
+    layer's worth of memory held until the backward pass."""
 
     @staticmethod
-    def forward(ctx, flat: torch.Tensor, share: torch.Tensor, n: float) -> torch.Tensor:
-        ctx.save_for_backward(flat, share)
+    def forward(ctx, flat: torch.Tensor, share: torch.Tensor, moved: torch.Tensor, n: float) -> torch.Tensor:
+        ctx.save_for_backward(flat, moved)
         ctx.n = n
         return torch.bmm(flat * share, flat.transpose(1, 2)) / n
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        flat, share = ctx.saved_tensors
-        return torch.bmm((grad + grad.transpose(1, 2)) / ctx.n, flat * share), None, None
+        flat, moved = ctx.saved_tensors
+        return torch.bmm((grad + grad.transpose(1, 2)) / ctx.n, flat * moved), None, None, None
 
 
-def weighted_gram(features: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+def weighted_gram(features: torch.Tensor, share: torch.Tensor, moved: torch.Tensor | None = None) -> torch.Tensor:
     """The Gram matrix of the positions ``share`` picks: ``sum_p s_p F_p F_p^T / (C * sum_p s_p)``, so it
     is what :func:`gram` gives for a frame made of those positions alone.
 
@@ -75,12 +76,15 @@ def weighted_gram(features: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
         features: ``(B, C, H, W)`` float.
         share: ``(1, 1, H, W)`` in [0, 1], each position's weight (the share of its cell that is new
             content, :class:`videostyle.model.objective.NewContentStyle`); its sum must be > 0.
+        moved: ``(1, 1, H, W)``, ``<= share``: each position's weight in the gradient, the rest of its
+            share held constant (default: ``share``, the exact gradient).
     Returns:
         ``(B, C, C)`` float.
     """
     b, c, h, w = features.shape
-    return _WeightedGram.apply(features.reshape(b, c, h * w), share.reshape(1, 1, h * w),
-                               float(c) * float(share.sum()))
+    share = share.reshape(1, 1, h * w)
+    moved = share if moved is None else moved.reshape(1, 1, h * w)
+    return _WeightedGram.apply(features.reshape(b, c, h * w), share, moved, float(c) * float(share.sum()))
 
 
 def power(target: torch.Tensor) -> torch.Tensor:

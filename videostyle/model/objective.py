@@ -17,7 +17,7 @@ tiled form there.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import torch
 
@@ -120,22 +120,33 @@ def _feathered(mask: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.maximum(mask, blurred / blurred.max().clamp_min(1e-6))
 
 
-def new_content_shares(weights, fresh: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Per style layer, each feature position's share of new content: ``fresh`` ``(1, 1, H, W)`` (the
-    pixels a warm-started frame starts from the content, :func:`videostyle.motion.temporal.warm_start_mask`)
-    with a soft rim (:data:`NEW_CONTENT_FEATHER`), averaged over the layer's cells of
-    :func:`~videostyle.model.tiling.layer_stride` px, ``(1, 1, H // s, W // s)``. Empty when the term is off (``weights.new_content`` 0), without fresh
+class NewShare(NamedTuple):
+    """One layer's positions in the new-content term, ``(1, 1, h, w)`` each: ``counted``, each position's
+    weight in the Gram matrix (the fresh pixels and their rim); ``moved``, its weight in the gradient
+    (the fresh pixels alone, ``<= counted``): the rim's strokes are counted, so the new ones continue
+    them, but not repainted, which flickered (the rim is held by the temporal term already)."""
+
+    counted: torch.Tensor
+    moved: torch.Tensor
+
+
+def new_content_shares(weights, fresh: torch.Tensor | None) -> dict[str, NewShare]:
+    """Per style layer, each feature position's share of new content (:class:`NewShare`): ``fresh``
+    ``(1, 1, H, W)`` (the pixels a warm-started frame starts from the content,
+    :func:`videostyle.motion.temporal.warm_start_mask`), with a soft rim (:data:`NEW_CONTENT_FEATHER`) for
+    ``counted``, averaged over the layer's cells of :func:`~videostyle.model.tiling.layer_stride` px,
+    ``(1, 1, H // s, W // s)``. Empty when the term is off (``weights.new_content`` 0), without fresh
     pixels (a frame from scratch), or when they are under :data:`MIN_NEW_CONTENT_SHARE` of the frame.
     A layer whose grid holds less than one whole new cell is left out."""
     if weights.new_content <= 0 or fresh is None or float(fresh.mean()) < MIN_NEW_CONTENT_SHARE:
         return {}
-    new = _feathered(fresh, NEW_CONTENT_FEATHER * max(fresh.shape[-2:]))
+    rimmed = _feathered(fresh, NEW_CONTENT_FEATHER * max(fresh.shape[-2:]))
     out = {}
     for layer in weights.style_layers:
         s = layer_stride(layer)
-        share = torch.nn.functional.avg_pool2d(new, s, s) if s > 1 else new
-        if float(share.sum()) >= 1.0:
-            out[layer] = share
+        moved, counted = ((torch.nn.functional.avg_pool2d(m, s, s) if s > 1 else m) for m in (fresh, rimmed))
+        if float(moved.sum()) >= 1.0:
+            out[layer] = NewShare(counted, moved)
     return out
 
 
@@ -161,16 +172,17 @@ class NewContentStyle:
     name = "new_content_style"
 
     def __init__(self, weight: float, layers: Mapping[str, float], grams: Mapping[str, torch.Tensor],
-                 powers: Mapping[str, torch.Tensor], shares: Mapping[str, torch.Tensor]):
+                 powers: Mapping[str, torch.Tensor], shares: Mapping[str, NewShare]):
         self.weight, self.layers, self.grams, self.powers, self.shares = weight, layers, grams, powers, shares
         # Each layer's positions with new content lie in this box: an entering strip is a few % of the frame.
-        self.boxes = {layer: _box(share[0, 0] > 0) for layer, share in shares.items()}
+        self.boxes = {layer: _box(share.counted[0, 0] > 0) for layer, share in shares.items()}
 
     def __call__(self, feats: Mapping[str, torch.Tensor]) -> torch.Tensor:
         total = torch.zeros((), device=next(iter(feats.values())).device)
         for layer, share in self.shares.items():
             rows, cols = self.boxes[layer]
-            g = losses.weighted_gram(feats[layer][..., rows, cols], share[..., rows, cols])
+            g = losses.weighted_gram(feats[layer][..., rows, cols], share.counted[..., rows, cols],
+                                     share.moved[..., rows, cols])
             total = total + self.layers[layer] * losses.normalised_mse(g, self.grams[layer].expand_as(g),
                                                                         self.powers[layer])
         return self.weight * total

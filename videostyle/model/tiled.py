@@ -105,7 +105,7 @@ class TiledObjective:
                     sums[layer] = sums[layer] + g if layer in sums else g
                 for layer in self.new_shares:
                     flat = interior_flat(feats[layer], t, layer_stride(layer))
-                    g = (flat * self._share(layer, t)) @ flat.T
+                    g = (flat * self._share(layer, t, "counted")) @ flat.T
                     new_sums[layer] = new_sums[layer] + g if layer in new_sums else g
                 if not gradient:
                     content_total = content_total + self._content(feats, t)
@@ -131,10 +131,10 @@ class TiledObjective:
                         # sum(F * (A F)) with A F held constant has the gradient A F = (dG + dG^T) F / n,
                         # the true one, for one (C, C) x (C, P) product and none in the backward pass.
                         surrogate = surrogate + (flat * (surrogate_matrices[layer] @ flat.detach())).sum()
-                    for layer in self.new_shares:  # the same, each position weighted by its share
+                    for layer in self.new_shares:  # the same, each position weighted by its moved share
                         flat = interior_flat(feats[layer], t, layer_stride(layer))
                         surrogate = surrogate + (flat * (new_matrices[layer] @ flat.detach())
-                                                 * self._share(layer, t)).sum()
+                                                 * self._share(layer, t, "moved")).sum()
                     content = self._content(feats, t)
                     content_total = content_total + content.detach()
                     (surrogate + content).backward()
@@ -145,11 +145,12 @@ class TiledObjective:
         parts.update(pixel)
         return sum(parts.values()), parts
 
-    def _share(self, layer: str, t: Tile) -> torch.Tensor:
-        """Tile ``t``'s interior positions' shares of new content at ``layer``, ``(1, P)`` in the order
-        of :func:`~videostyle.model.tiling.interior_flat`."""
+    def _share(self, layer: str, t: Tile, which: str) -> torch.Tensor:
+        """Tile ``t``'s interior positions' ``counted`` or ``moved`` shares of new content at ``layer``
+        (:class:`~videostyle.model.objective.NewShare`), ``(1, P)`` in the order of
+        :func:`~videostyle.model.tiling.interior_flat`."""
         rows, cols = t.full(layer_stride(layer))
-        return self.new_shares[layer][0, 0, rows, cols].reshape(1, -1)
+        return getattr(self.new_shares[layer], which)[0, 0, rows, cols].reshape(1, -1)
 
     def _style(self, sums: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The weighted style loss from the frame's Gram sums ``{layer: (C, C)}``, and per layer the
@@ -161,7 +162,7 @@ class TiledObjective:
         """The same for the new content's term (objective.NewContentStyle) from its share-weighted Gram
         sums: ``n`` is C x the positions' total share."""
         return self._gram_terms(sums, self.weights.new_content,
-                                lambda layer, c: c * float(self.new_shares[layer].sum()))
+                                lambda layer, c: c * float(self.new_shares[layer].counted.sum()))
 
     def _gram_terms(self, sums: dict[str, torch.Tensor], weight: float, count) -> tuple[torch.Tensor,
                                                                                        dict[str, torch.Tensor]]:
