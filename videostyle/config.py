@@ -63,8 +63,8 @@ class StyleConfig:
         content_weight, style_weight, tv_weight, temporal_weight: loss weights (content and style terms
             are normalised per layer by their target magnitude, see :mod:`videostyle.model.losses`).
         new_content_style: weight, relative to ``style_weight``, of the style term on the new content
-            alone (what no temporal term holds: scenery entering the frame, what a moving thing
-            uncovers; :class:`videostyle.model.objective.NewContentStyle`); 0 turns it off.
+            alone (the pixels a warm start takes from the content: scenery entering the frame, what a
+            moving thing uncovers; :class:`videostyle.model.objective.NewContentStyle`); 0 turns it off.
         range_weight: weight of the penalty on pixels outside [0, 1] (0: only the final clamp).
         content_layers / style_layers: ``(layer, weight)`` pairs; layer weights are normalised to sum 1.
         pooling: ``avg`` (Gatys) or ``max`` (VGG's own).
@@ -310,8 +310,9 @@ SETTINGS: dict[type, dict[str, Setting]] = {
         "pass_iters": Setting("--pass-iters", "iterations per frame in passes after the first (default: the "
                               "later-frame --iters)"),
         "init": Setting("--init", "init of later frames: the previous output warped by the flow, with the "
-                        "content frame where the flow leaves the picture or the source changed, as where a "
-                        "moving thing uncovers the scene (prev-warped-unchanged, default), only where the "
+                        "content frame where the flow leaves the picture, or fails its check where the source "
+                        "changed, as where a moving thing uncovers the scene (prev-warped-unchanged, default), "
+                        "only where the "
                         "flow leaves the picture (prev-warped-inside), or wherever the flow is unreliable "
                         "(prev-warped)"),
         "temporal_weight": Setting("--temporal-weight", "weight of the temporal consistency loss; 0 turns it "
