@@ -77,6 +77,19 @@ def vfr_times(n_frames: int) -> list[Fraction]:
     return times
 
 
+def write_lossless_clip(path: str | Path, frames: list[np.ndarray], *, fps: int = 12,
+                        pix_fmt: str = "yuv420p") -> Path:
+    """H.264 crf 0 clip of ``frames`` (each ``(H, W, 3)`` uint8 RGB, one size) at ``fps``; returns ``path``."""
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps, options={"crf": "0", "preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        for rgb in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode())
+    return Path(path)
+
+
 def make_clip(
     path: str | Path,
     *,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import av
 import numpy as np
 import pytest
-from common import make_clip
+from common import make_clip, write_lossless_clip
 from PIL import Image
 
 from videostyle.cli.main import main
@@ -27,13 +26,7 @@ def textured_pan(n: int, shift: int = 2) -> list[np.ndarray]:
 
 def write_frames(path, frames: list[np.ndarray], fps: int = 12):
     """H.264 crf 0 (yuv420p) clip of ``frames``; returns ``path``."""
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps, options={"crf": "0", "preset": "ultrafast"})
-        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
-        for rgb in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        out.mux(stream.encode())
-    return path
+    return write_lossless_clip(path, frames, fps=fps)
 
 
 def style_image(path, seed: int = 1):

@@ -135,10 +135,10 @@ def test_scenery_entering_a_pan_gets_painted_like_the_rest(tmp_path):
     """A camera pans over a photo, new scenery entering at the right edge every frame. With the term off,
     the entering strip stays near the photo; at the default weight it is painted at least as much as the
     rest. Trained VGG-16 (HED fine-tune of ImageNet VGG-16), 96x64 px."""
-    import av
     import numpy as np
+    from common import write_lossless_clip
+    from test_trained import style_file
 
-    from tests.test_trained import _pictures
     from videostyle import images
     from videostyle.config import RunOptions
     from videostyle.model import trained
@@ -148,16 +148,8 @@ def test_scenery_entering_a_pan_gets_painted_like_the_rest(tmp_path):
     w, h, n, speed = 96, 64, 7, 6
     big = images.to_uint8(trained.synthetic_photo((h, w + speed * n), seed=3))
     frames = [np.ascontiguousarray(big[:, speed * i:speed * i + w]) for i in range(n)]
-    src = tmp_path / "pan.mp4"
-    with av.open(str(src), "w") as out:
-        stream = out.add_stream("libx264", rate=12, options={"crf": "0", "preset": "ultrafast"})
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv444p"
-        for rgb in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        out.mux(stream.encode())
-    _, style = _pictures((64, 96))
-    style_path = tmp_path / "style.png"
-    images.save_image(images.to_uint8(style), style_path)
+    src = write_lossless_clip(tmp_path / "pan.mp4", frames, pix_fmt="yuv444p")
+    style_path = style_file(tmp_path / "style.png", (64, 96))
     source = read_frames(src)[-1].astype(np.float32)
     strip = speed * 4  # scenery at most 4 frames old
     painted = {}

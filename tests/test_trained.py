@@ -53,6 +53,15 @@ def _pictures(size=(48, 64)):
     return photo, torch.from_numpy(style).permute(2, 0, 1)[None].float()
 
 
+def style_file(path: Path, size: tuple[int, int]) -> Path:
+    """:func:`_pictures`' style ``(H, W)`` = ``size`` saved as a PNG at ``path``; returns ``path``."""
+    from videostyle import images
+
+    _, style = _pictures(size)
+    images.save_image(images.to_uint8(style), path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def stylised(tmp_path_factory):
     """The photo stylised with the default loss weights (40 iterations, one octave, 48x64 px), and what
@@ -98,7 +107,7 @@ def test_defaults_give_finite_pixels_near_the_range_before_the_final_clamp(styli
 def test_known_motion_flickers_a_tenth_of_independent_frames(tmp_path):
     """A photo under a camera pan of exactly 2 px per frame (exact flow), the defaults (warm start +
     temporal loss) against independent frames at equal iterations; E measured on the encoded output."""
-    import av
+    from common import write_lossless_clip
 
     from videostyle import images
     from videostyle.config import RunOptions
@@ -108,16 +117,8 @@ def test_known_motion_flickers_a_tenth_of_independent_frames(tmp_path):
     w, h, n, shift = 64, 48, 5, 2
     big = images.to_uint8(trained.synthetic_photo((h, w + 16 * n), seed=7))
     frames = [np.ascontiguousarray(big[:, 2 * i:2 * i + w]) for i in range(n)][::-1]  # pan right
-    src = tmp_path / "pan.mp4"
-    with av.open(str(src), "w") as out:
-        stream = out.add_stream("libx264", rate=12, options={"crf": "0", "preset": "ultrafast"})
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for rgb in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        out.mux(stream.encode())
-    _, style = _pictures((48, 64))
-    style_path = tmp_path / "style.png"
-    images.save_image(images.to_uint8(style), style_path)
+    src = write_lossless_clip(tmp_path / "pan.mp4", frames)
+    style_path = style_file(tmp_path / "style.png", (48, 64))
     source = read_frames(src)
     errors = {}
     for name, extra in {"independent": dict(init="content", temporal_weight=0.0), "defaults": {}}.items():
