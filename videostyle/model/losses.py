@@ -68,7 +68,8 @@ class _WeightedGram(torch.autograd.Function):
         return torch.bmm((grad + grad.transpose(1, 2)) / ctx.n, flat * moved), None, None, None
 
 
-def weighted_gram(features: torch.Tensor, share: torch.Tensor, moved: torch.Tensor | None = None) -> torch.Tensor:
+def weighted_gram(features: torch.Tensor, share: torch.Tensor, moved: torch.Tensor | None = None,
+                  count: float | None = None) -> torch.Tensor:
     """The Gram matrix of the positions ``share`` picks: ``sum_p s_p F_p F_p^T / (C * sum_p s_p)``, so it
     is what :func:`gram` gives for a frame made of those positions alone.
 
@@ -78,13 +79,17 @@ def weighted_gram(features: torch.Tensor, share: torch.Tensor, moved: torch.Tens
             content, :class:`videostyle.model.objective.NewContentStyle`); its sum must be > 0.
         moved: ``(1, 1, H, W)``, ``<= share``: each position's weight in the gradient, the rest of its
             share held constant (default: ``share``, the exact gradient).
+        count: ``C * sum(share)`` when the caller has it (the optimiser evaluates the same shares every
+            iteration; summing them there would also wait for the GPU).
     Returns:
         ``(B, C, C)`` float.
     """
     b, c, h, w = features.shape
     share = share.reshape(1, 1, h * w)
     moved = share if moved is None else moved.reshape(1, 1, h * w)
-    return _WeightedGram.apply(features.reshape(b, c, h * w), share, moved, float(c) * float(share.sum()))
+    if count is None:
+        count = float(c) * float(share.sum())
+    return _WeightedGram.apply(features.reshape(b, c, h * w), share, moved, count)
 
 
 def power(target: torch.Tensor) -> torch.Tensor:

@@ -173,16 +173,20 @@ class NewContentStyle:
 
     def __init__(self, weight: float, layers: Mapping[str, float], grams: Mapping[str, torch.Tensor],
                  powers: Mapping[str, torch.Tensor], shares: Mapping[str, NewShare]):
-        self.weight, self.layers, self.grams, self.powers, self.shares = weight, layers, grams, powers, shares
-        # Each layer's positions with new content lie in this box: an entering strip is a few % of the frame.
-        self.boxes = {layer: _box(share.counted[0, 0] > 0) for layer, share in shares.items()}
+        self.weight, self.layers, self.grams, self.powers = weight, layers, grams, powers
+        # Each layer's positions with new content lie in a box (an entering strip is a few % of the frame):
+        # per layer, the box, the shares in it and their sum, fixed for all the frame's iterations.
+        self.boxed: dict[str, tuple[tuple[slice, slice], NewShare, float]] = {}
+        for layer, share in shares.items():
+            box = _box(share.counted[0, 0] > 0)
+            counted = share.counted[(..., *box)]
+            self.boxed[layer] = (box, NewShare(counted, share.moved[(..., *box)]), float(counted.sum()))
 
     def __call__(self, feats: Mapping[str, torch.Tensor]) -> torch.Tensor:
         total = torch.zeros((), device=next(iter(feats.values())).device)
-        for layer, share in self.shares.items():
-            rows, cols = self.boxes[layer]
-            g = losses.weighted_gram(feats[layer][..., rows, cols], share.counted[..., rows, cols],
-                                     share.moved[..., rows, cols])
+        for layer, (box, share, summed) in self.boxed.items():
+            f = feats[layer][(..., *box)]
+            g = losses.weighted_gram(f, share.counted, share.moved, count=float(f.shape[1]) * summed)
             total = total + self.layers[layer] * losses.normalised_mse(g, self.grams[layer].expand_as(g),
                                                                         self.powers[layer])
         return self.weight * total

@@ -49,6 +49,7 @@ class TiledObjective:
             self.content_powers = {layer: losses.power(t) for layer, t in self.content_targets.items()}
         # The new content's style term (objective.NewContentStyle): its positions' shares per layer.
         self.new_shares = new_content_shares(weights, fresh)
+        self.new_totals = {layer: float(share.counted.sum()) for layer, share in self.new_shares.items()}
 
     def _content(self, feats: dict[str, torch.Tensor], t: Tile) -> torch.Tensor:
         """Tile ``t``'s share of the weighted content terms (its interior's squared errors over the
@@ -162,7 +163,7 @@ class TiledObjective:
         """The same for the new content's term (objective.NewContentStyle) from its share-weighted Gram
         sums: ``n`` is C x the positions' total share."""
         return self._gram_terms(sums, self.weights.new_content,
-                                lambda layer, c: c * float(self.new_shares[layer].counted.sum()))
+                                lambda layer, c: c * self.new_totals[layer])
 
     def _gram_terms(self, sums: dict[str, torch.Tensor], weight: float, count) -> tuple[torch.Tensor,
                                                                                        dict[str, torch.Tensor]]:
