@@ -140,6 +140,27 @@ def test_bf16_precision_gives_float32_features_close_to_fp32():
         features.VGGEncoder(["relu3_1"], weights, precision="int8")
 
 
+@pytest.mark.parametrize("loss_scale", [1.0, 1e-4, 1e-7])
+def test_fp16_gradients_do_not_underflow(loss_scale):
+    """The losses' gradients at the features are tiny; an fp16 backward flushed them to zero (on an H200
+    the frame stayed the photo). The scaled backward gives fp32's gradient for losses of any size; without
+    it all three cases fail here (CPU autocast, untrained weights: their gradients are smaller still)."""
+    weights = features.resolve_weights("untrained")
+    layers = ["relu1_1", "relu3_1", "relu5_1"]
+    image = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(3))
+    grads = {}
+    for precision in ("fp32", "fp16"):
+        x = image.clone().requires_grad_(True)
+        feats = features.VGGEncoder(layers, weights, precision=precision)(x)
+        assert all(f.dtype == torch.float32 for f in feats.values())
+        (sum(f.pow(2).mean() for f in feats.values()) * loss_scale).backward()
+        grads[precision] = x.grad
+    assert float((grads["fp16"] == 0).float().mean()) < 0.001
+    unit = {precision: (g / g.norm()).flatten() for precision, g in grads.items()}  # cosine_similarity's eps
+    assert float(unit["fp16"] @ unit["fp32"]) > 0.999                                 # is 1e-8: too large here
+    assert float(grads["fp16"].norm() / grads["fp32"].norm()) == pytest.approx(1.0, abs=0.01)
+
+
 def _workdir(tmp_path) -> WorkDir:
     return WorkDir.open(tmp_path / "w", {"config_hash": "x"})
 

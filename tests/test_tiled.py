@@ -254,3 +254,53 @@ def test_the_frame_budget_is_what_max_memory_leaves(monkeypatch):
     assert budget == int((int(2.5 * 2**30) - (1 << 30) - (256 << 20)) / CPU_PEAK_OVER_MODEL)
     monkeypatch.setattr(memory, "available_memory", lambda: 10 << 30)
     assert frame_memory_budget(torch.device("cpu")) == 6 << 30  # 60% of what is available
+
+
+def test_on_a_gpu_the_frame_budget_leaves_room_for_the_allocator(monkeypatch):
+    """On a GPU, what torch has allocated and the buffers come off --max-memory, and the rest is divided
+    by the measured peak-over-model factor (a 4K plan for 16 GiB ran out of memory under a 16 GiB cap)."""
+    from videostyle.step import CUDA_PEAK_OVER_MODEL, frame_memory_budget
+
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1 << 30)
+    budget = frame_memory_budget(torch.device("cuda", 0), 16 << 30, reserve=256 << 20)
+    assert budget == int(((16 << 30) - (1 << 30) - (256 << 20)) / CUDA_PEAK_OVER_MODEL)
+    assert CUDA_PEAK_OVER_MODEL > 1
+
+
+class _FakeCuda:
+    """torch.cuda's calls that cap_device_memory makes, on a pretend 80 GiB device 1."""
+
+    def __init__(self, monkeypatch):
+        self.fractions = []
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+        monkeypatch.setattr(torch.cuda, "get_device_properties",
+                            lambda index: type("Props", (), {"total_memory": 80 << 30})())
+        monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                            lambda fraction, index: self.fractions.append((fraction, index)))
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+
+
+def test_max_memory_caps_the_gpu_allocator(monkeypatch):
+    """--max-memory is a hard limit on a GPU: the allocator's share of the device is set to it (so cuDNN
+    cannot take the free memory for workspace); nothing is capped on the CPU or without the option."""
+    from videostyle.step import cap_device_memory
+
+    cuda = _FakeCuda(monkeypatch)
+    cap_device_memory(torch.device("cuda"), 16 << 30)
+    cap_device_memory(torch.device("cuda", 0), 200 << 30)  # more than the device has: the whole device
+    cap_device_memory(torch.device("cuda"), None)
+    cap_device_memory(torch.device("cpu"), 16 << 30)
+    assert cuda.fractions == [(0.2, 1), (1.0, 0)]
+
+
+def test_planning_a_gpu_run_caps_its_allocator(monkeypatch):
+    from videostyle.config import StyleConfig
+    from videostyle.step import Stylizer
+
+    cuda = _FakeCuda(monkeypatch)
+    stylizer = Stylizer.__new__(Stylizer)
+    stylizer.cfg, stylizer.device, stylizer.precision = StyleConfig(styles=("s.png",)), torch.device("cuda"), "fp32"
+    stylizer.encoder = VGGEncoder(["relu1_1", "relu5_1"], resolve_weights("untrained"))
+    stylizer.plan_memory((3840, 2160), max_memory=16 << 30)
+    assert cuda.fractions == [(0.2, 1)]
+    assert stylizer.tile is not None  # 4K does not fit 16 GiB untiled

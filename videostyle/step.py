@@ -73,25 +73,43 @@ def frame_generator(seed: int, index: int) -> torch.Generator:
 # allocator's pieces and oneDNN's scratch space are not in the model.
 CPU_PEAK_OVER_MODEL = 1.15
 
+# A GPU run's peak over the model's (docs/BENCHMARKS.md, "GPU, session 8"): on an H200 capped at 16 GiB, a
+# 4K frame planned for 16 GiB ran out of memory (14.7 GiB allocated, the rest the caching allocator's
+# pieces and cuDNN's workspace), and one planned for 14 GiB ran (12.8 GiB allocated).
+CUDA_PEAK_OVER_MODEL = 1.15
+
 
 def frame_memory_budget(device: torch.device, max_memory: int | None = None, *, reserve: int = 0) -> int | None:
     """Bytes one frame's optimisation may use (:mod:`videostyle.model.memory`'s model), None where unknown.
 
     ``max_memory``: the run's peak, bytes: on the CPU the process's resident memory, on a GPU what
     torch allocates there. What the process holds already (torch, the weights, the style targets) and
-    ``reserve`` (the video pipeline's buffers) are taken off; on the CPU the rest is divided by
-    :data:`CPU_PEAK_OVER_MODEL`. None: 90% of a GPU's memory less 0.5 GiB
+    ``reserve`` (the video pipeline's buffers) are taken off, and the rest is divided by
+    :data:`CPU_PEAK_OVER_MODEL` or :data:`CUDA_PEAK_OVER_MODEL`. None: 90% of a GPU's memory less 0.5 GiB
     (CUDA's context is outside torch's allocator), or 60% of the memory available on the CPU (measured
     there: an untiled frame's peak RSS is 1.6x the model's).
     """
     if device.type == "cuda":
         if max_memory is None:
             max_memory = int(torch.cuda.get_device_properties(device).total_memory * 0.9) - (512 << 20)
-        return max_memory - held_memory(device) - reserve
+        return int((max_memory - held_memory(device) - reserve) / CUDA_PEAK_OVER_MODEL)
     if max_memory is None:
         available = memory.available_memory()
         return None if available is None else int(available * 0.6) - reserve
     return int((max_memory - held_memory(device) - reserve) / CPU_PEAK_OVER_MODEL)
+
+
+def cap_device_memory(device: torch.device, max_memory: int | None) -> None:
+    """Makes ``--max-memory`` a hard limit on a GPU: torch's allocator may then reserve at most
+    ``max_memory`` bytes there (an allocation beyond it raises ``torch.OutOfMemoryError``). Without it,
+    the convolutions take whatever workspace is free: a tiled 4K frame planned for 16 GiB peaked at
+    134 GiB allocated on an H200; capped at 16 GiB, cuDNN picks algorithms whose workspace fits, and the
+    frame planned as :func:`frame_memory_budget` plans it ran within the cap. No-op on the CPU, or without ``max_memory``."""
+    if device.type != "cuda" or max_memory is None:
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, max_memory / total), index)
 
 
 def held_memory(device: torch.device) -> int:
@@ -241,9 +259,11 @@ class Stylizer:
         else what fits ``max_memory`` (:func:`frame_memory_budget`; ``reserve`` bytes for what else the
         run holds): untiled when the whole frame fits, else tiles, and fewer L-BFGS pairs when tiles
         alone would have to be small. ``max_history``: at most this many pairs whatever the config says
-        (the refinement of a still, :mod:`videostyle.model.upscale`)."""
+        (the refinement of a still, :mod:`videostyle.model.upscale`). On a GPU ``max_memory`` also caps
+        torch's allocator for the rest of the process (:func:`cap_device_memory`)."""
         wanted = self.cfg.lbfgs_history if max_history is None else min(self.cfg.lbfgs_history, max_history)
         self.history = wanted
+        cap_device_memory(self.device, max_memory)
         if tile is not None:
             self.tile = tile
             return

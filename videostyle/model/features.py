@@ -340,6 +340,54 @@ def _load_torchvision_features(stack: "OrderedDict[str, nn.Module]", state_dict:
                     target.copy_(value)
 
 
+# fp16 holds 6e-8..65504. The losses' gradients at the features are tiny (divided by the positions and
+# the targets' power), so in an fp16 backward most of them flushed to zero: on an H200 an fp16 frame came
+# out as the photo, barely painted (docs/BENCHMARKS.md, "GPU, session 8"). So the backward through the
+# fp16 stack is scaled: the largest feature gradient is brought to this power of two, which leaves 2^16
+# of headroom for the gradients to grow on their way back to the image.
+FP16_GRAD_PEAK = 1.0
+
+
+class _GradScale:
+    """The scale of one fp16 backward pass: set where the features' gradients enter the stack, read
+    where the image's gradient leaves it (a 0-d float32 tensor: no read-back to the host)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self):
+        self.value: torch.Tensor | None = None
+
+
+class _ScaleFeatureGrads(torch.autograd.Function):
+    """Forward: the fp16 features cast to float32. Backward: their float32 gradients times one power of
+    two, chosen so that the largest is :data:`FP16_GRAD_PEAK`, then cast to fp16 for the stack."""
+
+    @staticmethod
+    def forward(ctx, scale: _GradScale, *features: torch.Tensor):
+        ctx.scale, ctx.dtypes = scale, [f.dtype for f in features]
+        return tuple(f.float() for f in features)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        peak = torch.stack([g.abs().amax() for g in grads]).amax().clamp_min(1e-30)
+        ctx.scale.value = torch.exp2(torch.floor(torch.log2(FP16_GRAD_PEAK / peak)))
+        return (None, *((g * ctx.scale.value).to(dtype) for g, dtype in zip(grads, ctx.dtypes)))
+
+
+class _UnscaleImageGrad(torch.autograd.Function):
+    """Identity forward; backward divides the image's gradient by the scale :class:`_ScaleFeatureGrads`
+    applied (autograd runs that backward first: it is downstream)."""
+
+    @staticmethod
+    def forward(ctx, scale: _GradScale, image: torch.Tensor):
+        ctx.scale = scale
+        return image.view_as(image)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, grad / ctx.scale.value
+
+
 class VGGEncoder(nn.Module):
     """VGG-19 or VGG-16 feature stack (``weights.model``) truncated after the deepest requested layer.
 
@@ -348,7 +396,8 @@ class VGGEncoder(nn.Module):
 
     ``precision``: ``fp32``, or ``bf16``/``fp16``: the convolutions run under autocast in that type
     (tensor cores on CUDA) and the returned features are cast back to float32, so the Gram matrices
-    and losses are summed in float32.
+    and losses are summed in float32. fp16's backward is scaled so its gradients do not underflow
+    (:data:`FP16_GRAD_PEAK`).
     """
 
     def __init__(self, layers: Iterable[str], weights: ResolvedWeights, *, pooling: str = "avg",
@@ -380,8 +429,14 @@ class VGGEncoder(nn.Module):
         x = (image - self.mean) / self.std
         if self.autocast_dtype is None:
             return self._run_stack(x)
+        scaled = self.autocast_dtype is torch.float16 and torch.is_grad_enabled()
+        if scaled:
+            scale = _GradScale()
+            x = _UnscaleImageGrad.apply(scale, x)
         with torch.autocast(x.device.type, dtype=self.autocast_dtype):
             out = self._run_stack(x)
+        if scaled:
+            return dict(zip(out, _ScaleFeatureGrads.apply(scale, *out.values())))
         return {name: feats.float() for name, feats in out.items()}
 
     def _run_stack(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
