@@ -331,9 +331,9 @@ SETTINGS: dict[type, dict[str, Setting]] = {
         "precision": Setting("--precision", "VGG's convolutions in fp32 (default), bf16 or fp16 (autocast, for "
                              "GPUs with tensor cores; the image and the losses stay fp32)"),
         "max_memory": Setting("--max-memory", "the run's peak memory, e.g. 2.5GB (the process's on a CPU; on a "
-                              "GPU, what torch reserves there, a hard limit): larger frames run VGG on tiles, with the same result to float "
-                              "rounding, and keep fewer L-BFGS pairs if tiles alone would be small (default: "
-                              "the device's, less a margin)", metavar="SIZE"),
+                              "GPU, what torch reserves there, a hard limit): larger frames run VGG on tiles, "
+                              "with the same result to float rounding, and keep fewer L-BFGS pairs if tiles alone "
+                              "would be small (default: the device's, less a margin)", metavar="SIZE"),
         "tile": Setting("--tile", "run VGG on tiles of at most PX px a side (default: only when --max-memory "
                         "needs it)", metavar="PX"),
         "crf": Setting("--crf", "H.264 quality, lower is better (default {default})"),

@@ -31,7 +31,7 @@ from videostyle.model.optimise import (FrameObjective, FrameResult, FrameStart, 
                                        compute_style_targets, octave_sizes, stylize_coarse_to_fine,
                                        stylize_frame)
 from videostyle.model.tiled import TiledObjective
-from videostyle.model.tiling import TILE_HALO, tile_grid
+from videostyle.model.tiling import TILE_HALO, block1_strips, tile_grid
 from videostyle.motion.temporal import initial_image
 from videostyle.timing import PHASES
 
@@ -276,12 +276,13 @@ class Stylizer:
             raise InputError(f"--max-memory {max_memory / 2**30:.2f} GiB leaves nothing for {width}x{height} px "
                              f"frames: torch, the weights, the style targets and the video's buffers already "
                              f"take {(held_memory(self.device) + reserve) / 2**30:.2f} GiB; raise it")
+        stack = [name for name, _ in self.encoder.stack.named_children()]
         try:
             plan = memory.plan_memory(
-                height, width, [name for name, _ in self.encoder.stack.named_children()], budget_bytes=budget,
-                halo=TILE_HALO, precision=self.precision, read_layers=self.encoder.layers,
-                history_size=wanted,
-                weights_bytes=sum(p.numel() * p.element_size() for p in self.encoder.parameters()))
+                height, width, stack, budget_bytes=budget, halo=TILE_HALO, precision=self.precision,
+                read_layers=self.encoder.layers, history_size=wanted,
+                weights_bytes=sum(p.numel() * p.element_size() for p in self.encoder.parameters()),
+                strips=block1_strips(stack, self.encoder.layers, self.precision))
         except ValueError as exc:
             raise InputError(f"{exc}; lower --size, or raise --max-memory") from exc
         self.tile, self.history = plan.tile, plan.history

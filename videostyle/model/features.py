@@ -411,6 +411,7 @@ class VGGEncoder(nn.Module):
             raise ValueError(f"pooling must be 'avg' or 'max', got {pooling!r}")
         if precision not in _AUTOCAST_DTYPES:
             raise ValueError(f"--precision must be one of {', '.join(_AUTOCAST_DTYPES)}; got {precision!r}")
+        self.precision = precision
         self.autocast_dtype = _AUTOCAST_DTYPES[precision]
         deepest = max(names.index(name) for name in self.layers)
         stack = _build_stack(names[:deepest + 1], pooling)
@@ -425,8 +426,19 @@ class VGGEncoder(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
+    def normalise(self, image: torch.Tensor) -> torch.Tensor:
+        """``image`` ``(B, 3, H, W)`` in [0, 1] as VGG takes it (ImageNet mean and std)."""
+        return (image - self.mean) / self.std
+
+    def split_after(self, layer: str) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
+        """The stack's ``(name, module)`` pairs up to and including ``layer``, and those after it, for
+        running its two parts apart (fp32: no autocast around them; see :func:`run_layers`)."""
+        children = list(self.stack.named_children())
+        cut = [name for name, _ in children].index(layer) + 1
+        return children[:cut], children[cut:]
+
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = (image - self.mean) / self.std
+        x = self.normalise(image)
         if self.autocast_dtype is None:
             return self._run_stack(x)
         scaled = self.autocast_dtype is torch.float16 and torch.is_grad_enabled()
@@ -440,10 +452,16 @@ class VGGEncoder(nn.Module):
         return {name: feats.float() for name, feats in out.items()}
 
     def _run_stack(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        wanted = set(self.layers)
-        out = {}
-        for name, module in self.stack.named_children():
-            x = module(x)
-            if name in wanted:
-                out[name] = x
-        return out
+        return run_layers(self.stack.named_children(), x, self.layers)[1]
+
+
+def run_layers(modules: Iterable[tuple[str, nn.Module]], x: torch.Tensor,
+               wanted: Iterable[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Runs ``modules`` in order on ``x``: the last output, and ``{name: output}`` for the ``wanted``."""
+    wanted = set(wanted)
+    out = {}
+    for name, module in modules:
+        x = module(x)
+        if name in wanted:
+            out[name] = x
+    return x, out

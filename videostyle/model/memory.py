@@ -18,7 +18,8 @@ Convention:
       the largest size that fits.
 
     With tiles (:func:`plan_memory`), VGG's terms are one crop's; the frame's tensors and the history
-    stay whole-frame. Checked against measurements in docs/BENCHMARKS.md ("Memory model", "Tiled
+    stay whole-frame. In fp32 the tiled objective runs a crop's first block in strips, and a crop's
+    terms are :func:`strip_crop_bytes`'s. Checked against measurements in docs/BENCHMARKS.md ("Memory model", "Tiled
     optimisation").
 """
 
@@ -28,7 +29,7 @@ import ctypes
 from dataclasses import dataclass
 from typing import Sequence
 
-from videostyle.model.tiling import ALIGN, largest_crop, tile_grid
+from videostyle.model.tiling import ALIGN, STRIP_PX, largest_crop, tile_grid
 
 _BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
@@ -48,9 +49,16 @@ def vgg_activation_bytes(height: int, width: int, stack: Sequence[str], *, preci
         precision: ``fp32``, ``bf16`` or ``fp16`` (the convolutions' autocast type).
         read_layers: the layers the losses read (copied to float32 under autocast).
     """
+    cast = _BYTES[precision] if precision != "fp32" else 0
+    return 3 * height * width * (4 + cast) + _layer_bytes(height, width, stack, precision, read_layers)
+
+
+def _layer_bytes(height: int, width: int, stack: Sequence[str], precision: str, read_layers: Sequence[str]) -> int:
+    """The ReLU and pooling outputs of ``stack`` run on a ``height x width`` map (see
+    :func:`vgg_activation_bytes`)."""
     e = _BYTES[precision]
     h, w = height, width
-    total = 3 * h * w * (4 + (e if precision != "fp32" else 0))  # the normalised input (+ its cast)
+    total = 0
     for name in stack:
         if name.startswith("pool"):
             h, w = h // 2, w // 2
@@ -60,6 +68,26 @@ def vgg_activation_bytes(height: int, width: int, stack: Sequence[str], *, preci
             if precision != "fp32" and name in read_layers:
                 total += _channels(name) * h * w * 4
     return total
+
+
+def strip_crop_bytes(height: int, width: int, stack: Sequence[str], *, precision: str = "fp32",
+                     read_layers: Sequence[str] = ()) -> int:
+    """A crop's VGG bytes when its first block runs in strips (:func:`~videostyle.model.tiling.block1_strips`),
+    the larger of two phases. First the block without a graph: the input, two 64-channel maps and pool1.
+    Then the rest of VGG from pool1 with its backward (pool1 as a leaf and its gradient, the rest's
+    activations, block 2's transient: a conv output and two gradients), one strip's first block with
+    its backward (:data:`~videostyle.model.tiling.STRIP_PX` rows plus 4 of context), and the crop's
+    gradient."""
+    e = _BYTES[precision]
+    cut = list(stack).index("pool1") + 1
+    ph, pw = height // 2, width // 2
+    head = 3 * height * width * 4 + 2 * 64 * height * width * e + 64 * ph * pw * e
+    rows = STRIP_PX + 4
+    strip = (vgg_activation_bytes(rows, width, stack[:cut], precision=precision, read_layers=read_layers)
+             + transient_bytes(rows, width, precision=precision) + 2 * 3 * rows * width * 4)
+    rest = (2 * 64 * ph * pw * e + _layer_bytes(ph, pw, stack[cut:], precision, read_layers)
+            + 3 * 128 * ph * pw * e + strip + 3 * height * width * 4)
+    return max(head, rest)
 
 
 def transient_bytes(height: int, width: int, *, precision: str = "fp32") -> int:
@@ -124,19 +152,23 @@ class MemoryPlan:
 
 def tiled_peak_bytes(height: int, width: int, stack: Sequence[str], *, tile: int, halo: int,
                      precision: str = "fp32", read_layers: Sequence[str] = (), history_size: int = 50,
-                     weights_bytes: int = 0) -> int:
+                     weights_bytes: int = 0, strips: bool = False) -> int:
     """The model's peak for frames of ``height x width`` optimised with VGG on tiles of ``tile`` px: the
     frame's own tensors and the L-BFGS history (whole-frame whatever the tile) plus the largest crop's
-    VGG activations and backward transient."""
+    VGG activations and backward transient (``strips``: the first block in strips,
+    :func:`strip_crop_bytes`)."""
     crop_h, crop_w = largest_crop(height, width, tile=tile, halo=halo)
-    return (frame_bytes(height, width) + lbfgs_bytes(height, width, history_size=history_size) + weights_bytes
-            + vgg_activation_bytes(crop_h, crop_w, stack, precision=precision, read_layers=read_layers)
-            + transient_bytes(crop_h, crop_w, precision=precision))
+    if strips:
+        crop = strip_crop_bytes(crop_h, crop_w, stack, precision=precision, read_layers=read_layers)
+    else:
+        crop = (vgg_activation_bytes(crop_h, crop_w, stack, precision=precision, read_layers=read_layers)
+                + transient_bytes(crop_h, crop_w, precision=precision))
+    return frame_bytes(height, width) + lbfgs_bytes(height, width, history_size=history_size) + weights_bytes + crop
 
 
 def choose_tile(height: int, width: int, stack: Sequence[str], *, budget_bytes: int, halo: int,
                 precision: str = "fp32", read_layers: Sequence[str] = (), history_size: int = 50,
-                weights_bytes: int = 0) -> int | None:
+                weights_bytes: int = 0, strips: bool = False) -> int | None:
     """The largest tile (px a side, a multiple of :data:`~videostyle.model.tiling.ALIGN`) whose peak fits
     ``budget_bytes`` at ``history_size``, or None when none does (not even ``4 * ALIGN`` px)."""
     tile = -(-max(height, width) // ALIGN) * ALIGN
@@ -146,7 +178,7 @@ def choose_tile(height: int, width: int, stack: Sequence[str], *, budget_bytes: 
             grid = tile_grid(height, width, tile)
             if tiled_peak_bytes(height, width, stack, tile=tile, halo=halo, precision=precision,
                                 read_layers=read_layers, history_size=history_size,
-                                weights_bytes=weights_bytes) <= budget_bytes:
+                                weights_bytes=weights_bytes, strips=strips) <= budget_bytes:
                 return tile
         tile -= ALIGN
     return None
@@ -154,17 +186,21 @@ def choose_tile(height: int, width: int, stack: Sequence[str], *, budget_bytes: 
 
 def plan_memory(height: int, width: int, stack: Sequence[str], *, budget_bytes: int, halo: int,
                 precision: str = "fp32", read_layers: Sequence[str] = (), history_size: int = 50,
-                weights_bytes: int = 0) -> MemoryPlan:
+                weights_bytes: int = 0, strips: bool = False) -> MemoryPlan:
     """The plan for frames of ``height x width`` px in ``budget_bytes``: untiled when the whole frame fits
     at ``history_size``; else tiles, keeping the history while the tile grid is no finer than
     :data:`EFFICIENT_TILE`'s; else fewer correction pairs (down to :data:`MIN_HISTORY`) for tiles that
     large; else the largest tile that fits at :data:`MIN_HISTORY`.
+
+    ``strips``: the tiled objective runs VGG's first block in strips
+    (:func:`~videostyle.model.tiling.block1_strips`), which makes a crop's VGG smaller.
 
     Raises ValueError when not even a ``4 * ALIGN`` px tile fits with the fewest pairs: then the size is
     what must shrink.
     """
     kw = dict(precision=precision, read_layers=read_layers, weights_bytes=weights_bytes)
     whole = estimate_peak_bytes(height, width, stack, history_size=history_size, **kw)["total"]
+    kw["strips"] = strips
     if whole <= budget_bytes:
         return MemoryPlan(None, history_size, whole)
     efficient = tile_grid(height, width, EFFICIENT_TILE)

@@ -12,6 +12,10 @@ Why it can be exact (issue 17):
       pixel space (no VGG): they are evaluated on the whole image.
     - A tile's interior features equal the whole frame's (:mod:`videostyle.model.tiling`). Summing each
       crop's pixel gradient, from its interior features only, gives the whole frame's gradient.
+    - The same holds within a crop for VGG's first block (two 3x3 convolutions and a 2x2 pooling): in
+      fp32 each crop is back-propagated from pool1 first, and then the first block in row strips, each
+      recomputed with 2 px of context and given pool1's gradient for its rows and relu1_1's surrogate
+      for its own. The crop's full-resolution maps are then never held with their graph.
 
 The optimiser still sees the whole image: only the VGG evaluation is tiled.
 """
@@ -20,12 +24,12 @@ from __future__ import annotations
 
 import torch
 
-from videostyle.model import losses
-from videostyle.model.features import VGGEncoder
+from videostyle.model import losses, tiling
+from videostyle.model.features import VGGEncoder, run_layers
 from videostyle.model.objective import new_content_shares
 from videostyle.model.optimise import pixel_terms
-from videostyle.model.tiling import (Tile, assemble_features, gram_count, interior_flat, interior_gram, layer_stride,
-                                     plan_tiles)
+from videostyle.model.tiling import (Tile, assemble_features, block1_strips, gram_count, interior_flat, interior_gram,
+                                     layer_stride, plan_tiles)
 
 
 class TiledObjective:
@@ -35,12 +39,16 @@ class TiledObjective:
 
     :meth:`loss_and_gradient` sets ``image.grad``. The peak memory is one crop's VGG activations instead
     of the frame's; the cost is one more forward pass per iteration over all crops but the last (the
-    Gram pass), and the halos' overlap.
+    Gram pass), and the halos' overlap. ``strips`` (default: where :func:`~videostyle.model.tiling.block1_strips`
+    says, as the memory plan assumes): the first block in strips, for one more forward pass of it.
     """
 
     def __init__(self, encoder: VGGEncoder, content: torch.Tensor, targets, weights, temporal=(), fresh=None, *,
-                 tile: int, halo: int):
+                 tile: int, halo: int, strips: bool | None = None):
         self.encoder, self.targets, self.weights = encoder, targets, weights
+        stack = [name for name, _ in encoder.stack.named_children()]
+        self.strips = block1_strips(stack, encoder.layers, encoder.precision) if strips is None else strips
+        self.head, self.tail = encoder.split_after("pool1") if self.strips else ([], [])
         self.temporal = tuple(temporal)
         self.tiles = plan_tiles(content.shape[-2], content.shape[-1], tile=tile, halo=halo)
         self.shape = content.shape
@@ -57,6 +65,8 @@ class TiledObjective:
         w = self.weights
         total = torch.zeros((), device=next(iter(feats.values())).device)
         for layer, lw in w.content_layers.items():
+            if layer not in feats:  # relu1_1 with strips: in _strip_terms
+                continue
             s = layer_stride(layer)
             target = self.content_targets[layer]
             rows, cols = t.full(s)
@@ -95,11 +105,14 @@ class TiledObjective:
         content_total = torch.zeros((), device=image.device)
         for i, t in enumerate(self.tiles):
             keep = gradient and i == len(self.tiles) - 1
-            crop = t.crop(image).clone().requires_grad_(True) if keep else t.crop(image)
-            with torch.set_grad_enabled(keep):
-                feats = self.encoder(crop)
             if keep:
-                kept = (t, crop, feats)
+                leaf, feats, head = self._graph(t.crop(image), head_features=True)
+                kept = (t, leaf, feats)
+                feats = {**feats, **head}
+                del head
+            else:
+                with torch.no_grad():
+                    feats = self.encoder(t.crop(image))
             with torch.no_grad():
                 for layer in style_layers:
                     g = interior_gram(feats[layer], t, layer_stride(layer))
@@ -113,26 +126,29 @@ class TiledObjective:
             del feats
         style_total, surrogate_matrices = self._style(sums)
         parts = {"content": content_total, "style": style_total}
+        new_matrices: dict[str, torch.Tensor] = {}
         if self.new_shares:
             parts["new_content_style"], new_matrices = self._new_content_style(new_sums)
         if gradient:
             # Pass 2: each crop back-propagated alone through the surrogate, its gradient summed.
             for t in [kept[0], *self.tiles[:-1]]:
                 if kept is not None:  # dropped here, so its features go with this crop's backward pass
-                    _, crop, feats = kept
+                    _, leaf, feats = kept
                     kept = None
                 else:
-                    crop = t.crop(image).clone().requires_grad_(True)
-                    with torch.enable_grad():
-                        feats = self.encoder(crop)
+                    leaf, feats, _ = self._graph(t.crop(image), head_features=False)
                 with torch.enable_grad():
-                    surrogate = crop.new_zeros(())
+                    surrogate = leaf.new_zeros(())
                     for layer in style_layers:
+                        if layer not in feats:  # relu1_1 with strips: in _strip_terms
+                            continue
                         flat = interior_flat(feats[layer], t, layer_stride(layer))
                         # sum(F * (A F)) with A F held constant has the gradient A F = (dG + dG^T) F / n,
                         # the true one, for one (C, C) x (C, P) product and none in the backward pass.
                         surrogate = surrogate + (flat * (surrogate_matrices[layer] @ flat.detach())).sum()
                     for layer in self.new_shares:  # the same, each position weighted by its moved share
+                        if layer not in feats:
+                            continue
                         flat = interior_flat(feats[layer], t, layer_stride(layer))
                         surrogate = surrogate + (flat * (new_matrices[layer] @ flat.detach())
                                                  * self._share(layer, t, "moved")).sum()
@@ -140,11 +156,85 @@ class TiledObjective:
                     content_total = content_total + content.detach()
                     (surrogate + content).backward()
                 del feats
-                t.crop(grad).add_(crop.grad)
+                if self.strips:  # leaf is pool1: the first block back-propagated strip by strip
+                    content_total = content_total + self._strips_backward(
+                        t.crop(image), t.crop(grad), t, leaf.grad, surrogate_matrices, new_matrices)
+                else:
+                    t.crop(grad).add_(leaf.grad)
+                del leaf
             parts["content"] = content_total
             variable.grad = grad
         parts.update(pixel)
         return sum(parts.values()), parts
+
+    def _graph(self, crop: torch.Tensor, *, head_features: bool
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(leaf, features, head)``: the crop's read features with their graph back to ``leaf``: the crop
+        itself, or with strips pool1, the first block run without a graph (``head``: its read features,
+        relu1_1 when read and ``head_features``, for the Gram pass; else empty: pass 2 would hold a
+        full-resolution map for nothing)."""
+        if not self.strips:
+            leaf = crop.clone().requires_grad_(True)
+            with torch.enable_grad():
+                return leaf, self.encoder(leaf), {}
+        with torch.no_grad():
+            pooled, head = run_layers(self.head, self.encoder.normalise(crop),
+                                      self.encoder.layers if head_features else ())
+        leaf = pooled.requires_grad_(True)
+        with torch.enable_grad():
+            return leaf, run_layers(self.tail, leaf, self.encoder.layers)[1], head
+
+    def _strips_backward(self, crop: torch.Tensor, crop_grad: torch.Tensor, t: Tile, pooled_grad: torch.Tensor,
+                         style_matrices: dict[str, torch.Tensor], new_matrices: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Adds to ``crop_grad`` ``(1, 3, h, w)`` the gradient of the crop's first block, given pool1's
+        ``pooled_grad``, strip by strip (:data:`~videostyle.model.tiling.STRIP_PX` rows, each with 2 px of
+        context a side: two 3x3 convolutions' reach), with relu1_1's own terms for each strip's rows.
+        Returns relu1_1's content term (detached; 0 when it is not a content layer)."""
+        height = crop.shape[-2]
+        content_total = crop.new_zeros(())
+        for lo in range(0, height, tiling.STRIP_PX):
+            hi = min(height, lo + tiling.STRIP_PX)
+            a, b = max(0, lo - 2), min(height, hi + 2)  # a is even, so pool1's rows split with the strips
+            strip = crop[..., a:b, :].detach().requires_grad_(True)
+            with torch.enable_grad():
+                pooled, feats = run_layers(self.head, self.encoder.normalise(strip), self.encoder.layers)
+                p0, p1 = lo // 2, hi // 2
+                term = (pooled[..., p0 - a // 2:p1 - a // 2, :] * pooled_grad[..., p0:p1, :]).sum()
+                if "relu1_1" in feats:
+                    surrogate, content = self._strip_terms(feats["relu1_1"], t, a, lo, hi, style_matrices,
+                                                           new_matrices)
+                    term = term + surrogate + content
+                    content_total = content_total + content.detach()
+                term.backward()
+            crop_grad[..., a:b, :].add_(strip.grad)
+        return content_total
+
+    def _strip_terms(self, f: torch.Tensor, t: Tile, a: int, lo: int, hi: int, style_matrices, new_matrices
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """relu1_1's surrogate and content terms over the tile's interior positions in crop rows
+        ``[lo, hi)``, from a strip's relu1_1 ``f`` ``(1, 64, rows, w)`` that starts at crop row ``a``."""
+        zero = f.new_zeros(())
+        r0, r1 = max(lo, t.y0 - t.cy0), min(hi, t.y1 - t.cy0)  # crop rows, within the interior
+        if r0 >= r1:
+            return zero, zero
+        x0, x1 = t.x0 - t.cx0, t.x1 - t.cx0
+        part = f[..., r0 - a:r1 - a, x0:x1]
+        flat = part.reshape(part.shape[1], -1)
+        rows = slice(t.cy0 + r0, t.cy0 + r1)  # the same rows in the whole image
+        surrogate = zero
+        if "relu1_1" in style_matrices:
+            surrogate = surrogate + (flat * (style_matrices["relu1_1"] @ flat.detach())).sum()
+        if "relu1_1" in new_matrices:
+            share = self.new_shares["relu1_1"].moved[0, 0, rows, t.x0:t.x1].reshape(1, -1)
+            surrogate = surrogate + (flat * (new_matrices["relu1_1"] @ flat.detach()) * share).sum()
+        content = zero
+        w = self.weights
+        if "relu1_1" in w.content_layers:
+            target = self.content_targets["relu1_1"]
+            sq = (part - target[..., rows, t.x0:t.x1]).pow(2).sum()
+            content = w.content * w.content_layers["relu1_1"] * sq / (
+                target.numel() * (self.content_powers["relu1_1"] + losses.EPS))
+        return surrogate, content
 
     def _share(self, layer: str, t: Tile, which: str) -> torch.Tensor:
         """Tile ``t``'s interior positions' ``counted`` or ``moved`` shares of new content at ``layer``

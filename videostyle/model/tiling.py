@@ -35,7 +35,21 @@ TILE_HALO = 96
 # process's peak in this pass went from 2.4 GB (whole) to 1.35 GB.
 FEATURE_PASS_TILE = 512
 
+# VGG's first block runs at full resolution with 64 channels: with its backward pass it held about
+# two thirds of a crop's memory (docs/BENCHMARKS.md, "Tiled optimisation"). So the tiled objective
+# back-propagates the rest of VGG from pool1 and then the first block in strips of this many px rows
+# (plus 2 px of context each side), recomputed one at a time. Even, so strips split pool1's rows.
+STRIP_PX = 64
+
 Encoder = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
+
+
+def block1_strips(stack: Sequence[str], read_layers: Sequence[str], precision: str) -> bool:
+    """Whether the tiled objective runs VGG's first block in strips (:data:`STRIP_PX`): in fp32 (under
+    autocast the gradient at pool1 would need the fp16 scaling across the cut), when the stack goes
+    beyond pool1 and the losses read no first-block layer but relu1_1."""
+    return (precision == "fp32" and "pool1" in stack
+            and all(layer == "relu1_1" for layer in read_layers if layer[4] == "1"))
 
 
 def layer_stride(layer: str) -> int:
