@@ -341,15 +341,16 @@ def test_the_first_block_in_strips_gives_the_same_value_and_gradient(monkeypatch
 
 def test_strips_are_used_where_the_plan_counts_on_them():
     """By default the tiled objective uses strips exactly where block1_strips says, as the plan does:
-    fp32, a stack beyond pool1, no first-block layer read but relu1_1."""
+    the CPU, fp32, a stack beyond pool1, no first-block layer read but relu1_1."""
     from videostyle.model.tiling import block1_strips
 
     names = _stack()
     read = ["relu1_1", "relu2_1", "relu4_2", "relu5_1"]
-    assert block1_strips(names, read, "fp32")
-    assert not block1_strips(names, read, "bf16")
-    assert not block1_strips(names, [*read, "relu1_2"], "fp32")
-    assert not block1_strips(names[:names.index("relu1_1") + 1], ["relu1_1"], "fp32")
+    assert block1_strips(names, read, "fp32", "cpu")
+    assert not block1_strips(names, read, "fp32", "cuda")
+    assert not block1_strips(names, read, "bf16", "cpu")
+    assert not block1_strips(names, [*read, "relu1_2"], "fp32", "cpu")
+    assert not block1_strips(names[:names.index("relu1_1") + 1], ["relu1_1"], "fp32", "cpu")
     content = torch.rand((1, 3, 64, 64))
     for precision, expected in (("fp32", True), ("bf16", False)):
         encoder = VGGEncoder(["relu1_1", "relu2_1"], resolve_weights("untrained"), precision=precision)

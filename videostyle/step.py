@@ -282,7 +282,7 @@ class Stylizer:
                 height, width, stack, budget_bytes=budget, halo=TILE_HALO, precision=self.precision,
                 read_layers=self.encoder.layers, history_size=wanted,
                 weights_bytes=sum(p.numel() * p.element_size() for p in self.encoder.parameters()),
-                strips=block1_strips(stack, self.encoder.layers, self.precision))
+                strips=block1_strips(stack, self.encoder.layers, self.precision, self.device.type))
         except ValueError as exc:
             raise InputError(f"{exc}; lower --size, or raise --max-memory") from exc
         self.tile, self.history = plan.tile, plan.history

@@ -18,9 +18,9 @@ Convention:
       the largest size that fits.
 
     With tiles (:func:`plan_memory`), VGG's terms are one crop's; the frame's tensors and the history
-    stay whole-frame. In fp32 the tiled objective runs a crop's first block in strips, and a crop's
-    terms are :func:`strip_crop_bytes`'s. Checked against measurements in docs/BENCHMARKS.md ("Memory model", "Tiled
-    optimisation").
+    stay whole-frame. In fp32 on the CPU the tiled objective runs a crop's first block in strips,
+    and a crop's terms are :func:`strip_crop_bytes`'s. Checked against measurements in
+    docs/BENCHMARKS.md ("Memory model", "Tiled optimisation").
 """
 
 from __future__ import annotations

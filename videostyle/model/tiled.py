@@ -13,9 +13,9 @@ Why it can be exact (issue 17):
     - A tile's interior features equal the whole frame's (:mod:`videostyle.model.tiling`). Summing each
       crop's pixel gradient, from its interior features only, gives the whole frame's gradient.
     - The same holds within a crop for VGG's first block (two 3x3 convolutions and a 2x2 pooling): in
-      fp32 each crop is back-propagated from pool1 first, and then the first block in row strips, each
-      recomputed with 2 px of context and given pool1's gradient for its rows and relu1_1's surrogate
-      for its own. The crop's full-resolution maps are then never held with their graph.
+      fp32 on the CPU each crop is back-propagated from pool1 first, then the first block in row
+      strips, each recomputed with 2 px of context and given pool1's gradient for its rows and
+      relu1_1's surrogate for its own. The crop's full-resolution maps are never held with their graph.
 
 The optimiser still sees the whole image: only the VGG evaluation is tiled.
 """
@@ -47,7 +47,8 @@ class TiledObjective:
                  tile: int, halo: int, strips: bool | None = None):
         self.encoder, self.targets, self.weights = encoder, targets, weights
         stack = [name for name, _ in encoder.stack.named_children()]
-        self.strips = block1_strips(stack, encoder.layers, encoder.precision) if strips is None else strips
+        self.strips = (block1_strips(stack, encoder.layers, encoder.precision, content.device.type)
+                       if strips is None else strips)
         self.head, self.tail = encoder.split_after("pool1") if self.strips else ([], [])
         self.temporal = tuple(temporal)
         self.tiles = plan_tiles(content.shape[-2], content.shape[-1], tile=tile, halo=halo)

@@ -44,11 +44,12 @@ STRIP_PX = 64
 Encoder = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
 
 
-def block1_strips(stack: Sequence[str], read_layers: Sequence[str], precision: str) -> bool:
-    """Whether the tiled objective runs VGG's first block in strips (:data:`STRIP_PX`): in fp32 (under
-    autocast the gradient at pool1 would need the fp16 scaling across the cut), when the stack goes
-    beyond pool1 and the losses read no first-block layer but relu1_1."""
-    return (precision == "fp32" and "pool1" in stack
+def block1_strips(stack: Sequence[str], read_layers: Sequence[str], precision: str, device_type: str) -> bool:
+    """Whether the tiled objective runs VGG's first block in strips (:data:`STRIP_PX`): on the CPU (where
+    it was measured; a GPU keeps the path its 16 GiB plan was measured with), in fp32 (under autocast
+    pool1's gradient would need the fp16 scaling across the cut), when the stack goes beyond pool1 and
+    the losses read no first-block layer but relu1_1."""
+    return (device_type == "cpu" and precision == "fp32" and "pool1" in stack
             and all(layer == "relu1_1" for layer in read_layers if layer[4] == "1"))
 
 
