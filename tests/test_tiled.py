@@ -270,7 +270,7 @@ def test_on_a_gpu_the_frame_budget_leaves_room_for_the_allocator(monkeypatch):
 
 
 class _FakeCuda:
-    """torch.cuda's calls that cap_device_memory makes, on a pretend 80 GiB device 1."""
+    """torch.cuda's calls that bound_memory makes, on a pretend 80 GiB device 1."""
 
     def __init__(self, monkeypatch):
         self.fractions = []
@@ -282,17 +282,22 @@ class _FakeCuda:
         monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
 
 
-def test_max_memory_caps_the_gpu_allocator(monkeypatch):
-    """--max-memory is a hard limit on a GPU: the allocator's share of the device is set to it (so cuDNN
-    cannot take the free memory for workspace); nothing is capped on the CPU or without the option."""
-    from videostyle.step import cap_device_memory
+def test_max_memory_bounds_the_gpu_allocator_and_glibc(monkeypatch):
+    """--max-memory holds as the peak: on a GPU the allocator's share of the device is set to it (so cuDNN
+    cannot take the free memory for workspace); on the CPU glibc returns large freed blocks at once.
+    Nothing changes without the option."""
+    from videostyle.step import bound_memory
 
     cuda = _FakeCuda(monkeypatch)
-    cap_device_memory(torch.device("cuda"), 16 << 30)
-    cap_device_memory(torch.device("cuda", 0), 200 << 30)  # more than the device has: the whole device
-    cap_device_memory(torch.device("cuda"), None)
-    cap_device_memory(torch.device("cpu"), 16 << 30)
-    assert cuda.fractions == [(0.2, 1), (1.0, 0)]
+    released = []
+    monkeypatch.setattr(memory, "return_freed_memory_at_once", lambda: released.append(True))
+    bound_memory(torch.device("cuda"), 16 << 30)
+    bound_memory(torch.device("cuda", 0), 200 << 30)  # more than the device has: the whole device
+    bound_memory(torch.device("cuda"), None)
+    assert cuda.fractions == [(0.2, 1), (1.0, 0)] and released == []
+    bound_memory(torch.device("cpu"), 16 << 30)
+    bound_memory(torch.device("cpu"), None)
+    assert released == [True] and len(cuda.fractions) == 2
 
 
 def test_planning_a_gpu_run_caps_its_allocator(monkeypatch):

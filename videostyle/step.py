@@ -99,13 +99,20 @@ def frame_memory_budget(device: torch.device, max_memory: int | None = None, *, 
     return int((max_memory - held_memory(device) - reserve) / CPU_PEAK_OVER_MODEL)
 
 
-def cap_device_memory(device: torch.device, max_memory: int | None) -> None:
-    """Makes ``--max-memory`` a hard limit on a GPU: torch's allocator may then reserve at most
-    ``max_memory`` bytes there (an allocation beyond it raises ``torch.OutOfMemoryError``). Without it,
-    the convolutions take whatever workspace is free: a tiled 4K frame planned for 16 GiB peaked at
-    134 GiB allocated on an H200; capped at 16 GiB, cuDNN picks algorithms whose workspace fits, and the
-    frame planned as :func:`frame_memory_budget` plans it ran within the cap. No-op on the CPU, or without ``max_memory``."""
-    if device.type != "cuda" or max_memory is None:
+def bound_memory(device: torch.device, max_memory: int | None) -> None:
+    """Makes ``--max-memory`` hold as the run's peak, not only as its plan. On a GPU torch's allocator
+    may then reserve at most ``max_memory`` bytes there (beyond, ``torch.OutOfMemoryError``): uncapped,
+    the convolutions take whatever workspace is free (a tiled 4K frame planned for 16 GiB peaked at
+    134 GiB allocated on an H200); capped, cuDNN picks algorithms whose workspace fits, and the frame
+    planned as :func:`frame_memory_budget` plans it ran within the cap. On the CPU glibc gives large
+    freed blocks back at once (:func:`~videostyle.model.memory.return_freed_memory_at_once`), so the
+    resident memory follows the tensors held. Nothing without ``max_memory``."""
+    if max_memory is None:
+        return
+    if device.type == "cpu":
+        memory.return_freed_memory_at_once()
+        return
+    if device.type != "cuda":
         return
     index = device.index if device.index is not None else torch.cuda.current_device()
     total = torch.cuda.get_device_properties(index).total_memory
@@ -259,11 +266,11 @@ class Stylizer:
         else what fits ``max_memory`` (:func:`frame_memory_budget`; ``reserve`` bytes for what else the
         run holds): untiled when the whole frame fits, else tiles, and fewer L-BFGS pairs when tiles
         alone would have to be small. ``max_history``: at most this many pairs whatever the config says
-        (the refinement of a still, :mod:`videostyle.model.upscale`). On a GPU ``max_memory`` also caps
-        torch's allocator for the rest of the process (:func:`cap_device_memory`)."""
+        (the refinement of a still, :mod:`videostyle.model.upscale`). ``max_memory`` also bounds the
+        process for the rest of the run: torch's allocator on a GPU, glibc's on the CPU (:func:`bound_memory`)."""
         wanted = self.cfg.lbfgs_history if max_history is None else min(self.cfg.lbfgs_history, max_history)
         self.history = wanted
-        cap_device_memory(self.device, max_memory)
+        bound_memory(self.device, max_memory)
         if tile is not None:
             self.tile = tile
             return

@@ -231,6 +231,25 @@ def release_free_memory() -> None:
         pass
 
 
+# glibc serves a large block with a mapping of its own, returned to the system when freed, only above
+# its mmap threshold; each time such a block is freed the threshold rises to its size (up to 32 MiB), so
+# later blocks come from the heap, which keeps them when freed. Measured on a 1080x1920 tiled frame: the
+# peak RSS was 1.3-1.5x the tensors held; with the threshold fixed at 1 MiB, at most the model's.
+MMAP_THRESHOLD = 1 << 20
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
+
+
+def return_freed_memory_at_once() -> None:
+    """Makes glibc give blocks of :data:`MMAP_THRESHOLD` and more back to the system as soon as they are
+    freed (``mallopt(M_MMAP_THRESHOLD)``; fixing it also stops it rising), so the process's resident
+    memory follows the tensors it holds. Costs a fresh mapping (page faults) for each large tensor.
+    Nothing where the C library is not glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass
+
+
 def resident_memory() -> int | None:
     """Bytes this process holds in RAM now (Linux ``VmRSS``), None where unknown; after
     :func:`release_free_memory`, so memory the allocator would reuse is not counted as held."""
