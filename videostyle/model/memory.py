@@ -233,9 +233,10 @@ def release_free_memory() -> None:
 
 # glibc serves a large block with a mapping of its own, returned to the system when freed, only above
 # its mmap threshold; each time such a block is freed the threshold rises to its size (up to 32 MiB), so
-# later blocks come from the heap, which keeps them when freed. Measured on a 1080x1920 tiled frame: the
-# peak RSS was 1.3-1.5x the tensors held; with the threshold fixed at 1 MiB, at most the model's.
-MMAP_THRESHOLD = 1 << 20
+# later blocks come from the heap, which keeps them when freed. Measured on a 1080x1920 tiled frame
+# (docs/BENCHMARKS.md, "Tiled optimisation"): the peak RSS was 1.3-1.5x the tensors held; fixed at 4 MiB,
+# 1412 MiB instead of 1982, for 19% more time (1 MiB: 1398 MiB, 27%; 32 MiB: no gain).
+MMAP_THRESHOLD = 4 << 20
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
 
 

@@ -186,7 +186,8 @@ class TiledObjective:
             return leaf, run_layers(self.tail, leaf, self.encoder.layers)[1], head
 
     def _strips_backward(self, crop: torch.Tensor, crop_grad: torch.Tensor, t: Tile, pooled_grad: torch.Tensor,
-                         style_matrices: dict[str, torch.Tensor], new_matrices: dict[str, torch.Tensor]) -> torch.Tensor:
+                         style_matrices: dict[str, torch.Tensor],
+                         new_matrices: dict[str, torch.Tensor]) -> torch.Tensor:
         """Adds to ``crop_grad`` ``(1, 3, h, w)`` the gradient of the crop's first block, given pool1's
         ``pooled_grad``, strip by strip (:data:`~videostyle.model.tiling.STRIP_PX` rows, each with 2 px of
         context a side: two 3x3 convolutions' reach), with relu1_1's own terms for each strip's rows.
