@@ -73,9 +73,10 @@ def frame_generator(seed: int, index: int) -> torch.Generator:
 # allocator's pieces and oneDNN's scratch space are not in the model.
 CPU_PEAK_OVER_MODEL = 1.15
 
-# A GPU run's peak over the model's (docs/BENCHMARKS.md, "GPU, session 8"): on an H200 capped at 16 GiB, a
-# 4K frame planned for 16 GiB ran out of memory (14.7 GiB allocated, the rest the caching allocator's
-# pieces and cuDNN's workspace), and one planned for 14 GiB ran (12.8 GiB allocated).
+# A GPU run's peak over the model's (docs/BENCHMARKS.md, "GPU: the second run"): on an H200 capped at
+# 16 GiB, a 4K frame planned for 16 GiB ran out of memory (13.8-14.1 GiB allocated at the failure, the rest
+# the caching allocator's pieces and cuDNN's workspace), and one planned for 14 GiB ran (12.8 GiB
+# allocated, 14.6 GiB reserved).
 CUDA_PEAK_OVER_MODEL = 1.15
 
 
@@ -83,7 +84,7 @@ def frame_memory_budget(device: torch.device, max_memory: int | None = None, *, 
     """Bytes one frame's optimisation may use (:mod:`videostyle.model.memory`'s model), None where unknown.
 
     ``max_memory``: the run's peak, bytes: on the CPU the process's resident memory, on a GPU what
-    torch allocates there. What the process holds already (torch, the weights, the style targets) and
+    torch reserves there. What the process holds already (torch, the weights, the style targets) and
     ``reserve`` (the video pipeline's buffers) are taken off, and the rest is divided by
     :data:`CPU_PEAK_OVER_MODEL` or :data:`CUDA_PEAK_OVER_MODEL`. None: 90% of a GPU's memory less 0.5 GiB
     (CUDA's context is outside torch's allocator), or 60% of the memory available on the CPU (measured

@@ -342,7 +342,7 @@ def _load_torchvision_features(stack: "OrderedDict[str, nn.Module]", state_dict:
 
 # fp16 holds 6e-8..65504. The losses' gradients at the features are tiny (divided by the positions and
 # the targets' power), so in an fp16 backward most of them flushed to zero: on an H200 an fp16 frame came
-# out as the photo, barely painted (docs/BENCHMARKS.md, "GPU, session 8"). So the backward through the
+# out as the photo, barely painted (docs/BENCHMARKS.md, "GPU: the second run"). So the backward through the
 # fp16 stack is scaled: the largest feature gradient is brought to this power of two, which leaves 2^16
 # of headroom for the gradients to grow on their way back to the image.
 FP16_GRAD_PEAK = 1.0
@@ -431,8 +431,9 @@ class VGGEncoder(nn.Module):
         return (image - self.mean) / self.std
 
     def split_after(self, layer: str) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
-        """The stack's ``(name, module)`` pairs up to and including ``layer``, and those after it, for
-        running its two parts apart (fp32: no autocast around them; see :func:`run_layers`)."""
+        """The stack's ``(name, module)`` pairs up to and including ``layer``, and those after it, to run
+        apart with :func:`run_layers` on :meth:`normalise`'s output (as fp32: without the autocast and
+        fp16 scaling :meth:`forward` adds)."""
         children = list(self.stack.named_children())
         cut = [name for name, _ in children].index(layer) + 1
         return children[:cut], children[cut:]

@@ -35,10 +35,11 @@ TILE_HALO = 96
 # process's peak in this pass went from 2.4 GB (whole) to 1.35 GB.
 FEATURE_PASS_TILE = 512
 
-# VGG's first block runs at full resolution with 64 channels: with its backward pass it held about
-# two thirds of a crop's memory (docs/BENCHMARKS.md, "Tiled optimisation"). So the tiled objective
-# back-propagates the rest of VGG from pool1 and then the first block in strips of this many px rows
-# (plus 2 px of context each side), recomputed one at a time. Even, so strips split pool1's rows.
+# VGG's first block runs at full resolution with 64 channels: with its backward pass, about two thirds
+# of a crop's memory by the model. So the tiled objective back-propagates the rest of VGG from pool1 and
+# then the first block in strips of this many px rows (plus 2 px of context each side), recomputed one
+# at a time: measured, a crop's memory fell by 27% for 4.5% more time (docs/BENCHMARKS.md, "Tiled
+# optimisation"). Even, so strips split pool1's rows.
 STRIP_PX = 64
 
 Encoder = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
