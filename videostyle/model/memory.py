@@ -234,9 +234,10 @@ def release_free_memory() -> None:
 # glibc serves a large block with a mapping of its own, returned to the system when freed, only above
 # its mmap threshold; each time such a block is freed the threshold rises to its size (up to 32 MiB), so
 # later blocks come from the heap, which keeps them when freed. Measured on a 1080x1920 tiled frame
-# (docs/BENCHMARKS.md, "Tiled optimisation"): the peak RSS was 1.3-1.5x the tensors held; fixed at 4 MiB,
-# 1412 MiB instead of 1982, for 19% more time (1 MiB: 1398 MiB, 27%; 32 MiB: no gain).
-MMAP_THRESHOLD = 4 << 20
+# (docs/BENCHMARKS.md, "Tiled optimisation"), peak RSS and time against glibc's own (1927 MiB): fixed at
+# 16 MiB, 1619 MiB for 6% more time; at 8, 4 or 1 MiB about 1400 MiB, but 25-30% more time (each
+# strip's maps, ~11 MiB, then get fresh pages every time); at 32 MiB no gain.
+MMAP_THRESHOLD = 16 << 20
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
 
 
