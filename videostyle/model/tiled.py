@@ -63,17 +63,37 @@ class TiledObjective:
     def _content(self, feats: dict[str, torch.Tensor], t: Tile) -> torch.Tensor:
         """Tile ``t``'s share of the weighted content terms (its interior's squared errors over the
         whole frame's normaliser), from the crop's features ``feats``."""
-        w = self.weights
         total = torch.zeros((), device=next(iter(feats.values())).device)
-        for layer, lw in w.content_layers.items():
-            if layer not in feats:  # relu1_1 with strips: in _strip_terms
-                continue
+        for layer in self.weights.content_layers:
             s = layer_stride(layer)
-            target = self.content_targets[layer]
-            rows, cols = t.full(s)
-            sq = (feats[layer][(..., *t.interior(s))] - target[..., rows, cols]).pow(2).sum()
-            total = total + w.content * lw * sq / (target.numel() * (self.content_powers[layer] + losses.EPS))
+            total = total + self._content_term(layer, feats[layer][(..., *t.interior(s))], *t.full(s))
         return total
+
+    def _content_term(self, layer: str, part: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+        """``layer``'s weighted content term over the features ``part`` ``(1, C, r, c)``, which sit at the
+        whole frame's ``rows, cols`` of that layer's map (0 when it is not a content layer)."""
+        w = self.weights
+        if layer not in w.content_layers:
+            return part.new_zeros(())
+        target = self.content_targets[layer]
+        sq = (part - target[..., rows, cols]).pow(2).sum()
+        return w.content * w.content_layers[layer] * sq / (target.numel() * (self.content_powers[layer] + losses.EPS))
+
+    def _region_terms(self, layer: str, part: torch.Tensor, rows: slice, cols: slice,
+                      style_matrices: dict[str, torch.Tensor], new_matrices: dict[str, torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pass 2's ``(surrogate, content)`` terms of ``layer`` over the features ``part`` ``(1, C, r, c)``
+        at the whole frame's ``rows, cols`` of that layer's map: a tile's interior, or a strip's rows of it."""
+        flat = part.reshape(part.shape[1], -1)
+        surrogate = part.new_zeros(())
+        if layer in style_matrices:
+            # sum(F * (A F)) with A F held constant has the gradient A F = (dG + dG^T) F / n, the true
+            # one, for one (C, C) x (C, P) product and none in the backward pass.
+            surrogate = surrogate + (flat * (style_matrices[layer] @ flat.detach())).sum()
+        if layer in new_matrices:  # the same, each position weighted by its moved share
+            surrogate = surrogate + (flat * (new_matrices[layer] @ flat.detach())
+                                     * self._share(layer, rows, cols, "moved")).sum()
+        return surrogate, self._content_term(layer, part, rows, cols)
 
     def loss(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(total, parts)`` of ``image`` (one no-grad pass over the tiles)."""
@@ -120,7 +140,7 @@ class TiledObjective:
                     sums[layer] = sums[layer] + g if layer in sums else g
                 for layer in self.new_shares:
                     flat = interior_flat(feats[layer], t, layer_stride(layer))
-                    g = (flat * self._share(layer, t, "counted")) @ flat.T
+                    g = (flat * self._share(layer, *t.full(layer_stride(layer)), "counted")) @ flat.T
                     new_sums[layer] = new_sums[layer] + g if layer in new_sums else g
                 if not gradient:
                     content_total = content_total + self._content(feats, t)
@@ -139,21 +159,12 @@ class TiledObjective:
                 else:
                     leaf, feats, _ = self._graph(t.crop(image), head_features=False)
                 with torch.enable_grad():
-                    surrogate = leaf.new_zeros(())
-                    for layer in style_layers:
-                        if layer not in feats:  # relu1_1 with strips: in _strip_terms
-                            continue
-                        flat = interior_flat(feats[layer], t, layer_stride(layer))
-                        # sum(F * (A F)) with A F held constant has the gradient A F = (dG + dG^T) F / n,
-                        # the true one, for one (C, C) x (C, P) product and none in the backward pass.
-                        surrogate = surrogate + (flat * (surrogate_matrices[layer] @ flat.detach())).sum()
-                    for layer in self.new_shares:  # the same, each position weighted by its moved share
-                        if layer not in feats:
-                            continue
-                        flat = interior_flat(feats[layer], t, layer_stride(layer))
-                        surrogate = surrogate + (flat * (new_matrices[layer] @ flat.detach())
-                                                 * self._share(layer, t, "moved")).sum()
-                    content = self._content(feats, t)
+                    surrogate = content = leaf.new_zeros(())
+                    for layer, f in feats.items():  # with strips, relu1_1's terms are in _strip_terms
+                        s = layer_stride(layer)
+                        terms = self._region_terms(layer, f[(..., *t.interior(s))], *t.full(s),
+                                                   surrogate_matrices, new_matrices)
+                        surrogate, content = surrogate + terms[0], content + terms[1]
                     content_total = content_total + content.detach()
                     (surrogate + content).backward()
                 del feats
@@ -215,34 +226,17 @@ class TiledObjective:
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """relu1_1's surrogate and content terms over the tile's interior positions in crop rows
         ``[lo, hi)``, from a strip's relu1_1 ``f`` ``(1, 64, rows, w)`` that starts at crop row ``a``."""
-        zero = f.new_zeros(())
         r0, r1 = max(lo, t.y0 - t.cy0), min(hi, t.y1 - t.cy0)  # crop rows, within the interior
         if r0 >= r1:
-            return zero, zero
-        x0, x1 = t.x0 - t.cx0, t.x1 - t.cx0
-        part = f[..., r0 - a:r1 - a, x0:x1]
-        flat = part.reshape(part.shape[1], -1)
-        rows = slice(t.cy0 + r0, t.cy0 + r1)  # the same rows in the whole image
-        surrogate = zero
-        if "relu1_1" in style_matrices:
-            surrogate = surrogate + (flat * (style_matrices["relu1_1"] @ flat.detach())).sum()
-        if "relu1_1" in new_matrices:
-            share = self.new_shares["relu1_1"].moved[0, 0, rows, t.x0:t.x1].reshape(1, -1)
-            surrogate = surrogate + (flat * (new_matrices["relu1_1"] @ flat.detach()) * share).sum()
-        content = zero
-        w = self.weights
-        if "relu1_1" in w.content_layers:
-            target = self.content_targets["relu1_1"]
-            sq = (part - target[..., rows, t.x0:t.x1]).pow(2).sum()
-            content = w.content * w.content_layers["relu1_1"] * sq / (
-                target.numel() * (self.content_powers["relu1_1"] + losses.EPS))
-        return surrogate, content
+            return f.new_zeros(()), f.new_zeros(())
+        part = f[..., r0 - a:r1 - a, t.x0 - t.cx0:t.x1 - t.cx0]
+        return self._region_terms("relu1_1", part, slice(t.cy0 + r0, t.cy0 + r1), slice(t.x0, t.x1),
+                                  style_matrices, new_matrices)
 
-    def _share(self, layer: str, t: Tile, which: str) -> torch.Tensor:
-        """Tile ``t``'s interior positions' ``counted`` or ``moved`` shares of new content at ``layer``
-        (:class:`~videostyle.model.objective.NewShare`), ``(1, P)`` in the order of
+    def _share(self, layer: str, rows: slice, cols: slice, which: str) -> torch.Tensor:
+        """The ``counted`` or ``moved`` shares of new content (:class:`~videostyle.model.objective.NewShare`)
+        at the whole frame's ``rows, cols`` of ``layer``'s map, ``(1, P)`` in the order of
         :func:`~videostyle.model.tiling.interior_flat`."""
-        rows, cols = t.full(layer_stride(layer))
         return getattr(self.new_shares[layer], which)[0, 0, rows, cols].reshape(1, -1)
 
     def _style(self, sums: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
