@@ -17,10 +17,10 @@
 (4) peak memory (process max RSS on CPU; max allocated on CUDA), and with --check-size WxH whether
     one iteration at that size (e.g. 1920x1080) fits, with its peak memory;
 (5) with --tiled WxH: seconds per iteration and peak memory of one frame at that size, --tile-iters
-    iterations: planned for --budget GiB of process memory (tiles, and the L-BFGS history the plan keeps;
-    --tile-px forces a tile), then untiled with the same history (each in a fresh process, so each peak
-    RSS is its own); and, from videostyle.model.memory's model, the largest 16:9 frame whose frame
-    budget is --budget GiB, untiled and tiled.
+    iterations: planned for --budget GiB of process memory (on the CPU bands, elsewhere tiles, and the
+    L-BFGS history the plan keeps; --tile-px forces a tile), then untiled with the same history (each in
+    a fresh process, so each peak RSS is its own); and, from videostyle.model.memory's model, the largest
+    16:9 frame whose frame budget is --budget GiB, untiled, in tiles and in bands.
 Untrained seeded weights by default (no weights can be downloaded here): timings do not depend on
 the weights' values, but the iteration counts are only indicative of ImageNet behaviour.
 """
@@ -327,9 +327,11 @@ def tiled_child(args) -> dict:
     stylizer.stylize(content, content, iterations=args.tile_iters, warm_started=True, evaluate_result=False)
     seconds = (time.perf_counter() - t) / args.tile_iters
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    tile = stylizer.tile if stylizer.tile is not None and stylizer.tile < max(width, height) else None
+    tile = stylizer.tile
+    if isinstance(tile, int) and tile >= max(width, height):
+        tile = None
     return {"seconds": seconds, "peak_mib": peak / 1024, "before_mib": base / 1024, "tile": tile,
-            "grid": tile_grid(height, width, tile) if tile else (1, 1), "history": stylizer.history}
+            "grid": tile_grid(height, width, tile) if isinstance(tile, int) else (1, 1), "history": stylizer.history}
 
 
 def tiled_rows(args) -> list[tuple[str, str]]:
@@ -338,7 +340,7 @@ def tiled_rows(args) -> list[tuple[str, str]]:
     import subprocess
     from videostyle.model import memory
     from videostyle.model.features import VGGEncoder
-    from videostyle.model.tiling import TILE_HALO
+    from videostyle.model.tiling import BAND_BYTES, TILE_HALO
     rows, results = [], {}
     argv = list(sys.argv[1:])
     for mode in ("tiled", "untiled"):
@@ -346,7 +348,8 @@ def tiled_rows(args) -> list[tuple[str, str]]:
         cmd = [sys.executable, __file__, "--_child", mode, *argv, *extra]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         results[mode] = r = json.loads(out)
-        how = (f"{r['grid'][1]}x{r['grid'][0]} tiles of <= {r['tile']} px, halo {TILE_HALO}" if r["tile"]
+        how = (f"bands of {BAND_BYTES >> 20} MiB" if r["tile"] == memory.BANDS
+               else f"{r['grid'][1]}x{r['grid'][0]} tiles of <= {r['tile']} px, halo {TILE_HALO}" if r["tile"]
                else "whole frame")
         plan = (f", planned for {args.budget:g} GiB" if mode == "tiled" and args.tile_px is None else "")
         rows.append((f"(5) {args.tiled} {mode} ({how}{plan}), {args.tile_iters} it, history {r['history']}",
@@ -361,14 +364,14 @@ def tiled_rows(args) -> list[tuple[str, str]]:
     budget = int(args.budget * 2**30)
     for history in (50, 5):
         largest = {}
-        for mode in ("untiled", "tiled"):
+        for mode in ("untiled", "tiles", "bands"):
             best = None
             for long_edge in range(256, 8192 + 1, 64):
                 w, h = long_edge, long_edge * 9 // 16
                 try:
                     plan = memory.plan_memory(h, w, stack, budget_bytes=budget, halo=TILE_HALO,
                                               read_layers=encoder.layers, history_size=history,
-                                              weights_bytes=weights_bytes)
+                                              weights_bytes=weights_bytes, bands=mode == "bands")
                 except ValueError:
                     break
                 if mode == "untiled" and plan.tile is not None:
@@ -376,7 +379,7 @@ def tiled_rows(args) -> list[tuple[str, str]]:
                 best = f"{w}x{h}" + (f" (history {plan.history})" if plan.history != history else "")
             largest[mode] = best
         rows.append((f"(5) model: largest 16:9 frame for a {args.budget:g} GiB frame budget, history {history}: "
-                     f"untiled / tiled", f"{largest['untiled']} / {largest['tiled']}"))
+                     f"untiled / tiles / bands", " / ".join(str(largest[mode]) for mode in largest)))
     return rows
 
 

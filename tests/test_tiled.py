@@ -74,7 +74,7 @@ def test_a_tiled_frame_matches_the_untiled_one(setup):
     plain = stylize_frame(FrameObjective(encoder, content, targets, weights, temporal), content, iterations=8)
     tiled = stylize_frame(TiledObjective(encoder, content, targets, weights, temporal, tile=80, halo=96),
                           content, iterations=8)
-    # The gradients agree to float rounding (2.5e-7 relative, with or without the first block in strips);
+    # The gradients agree to float rounding (2.5e-7 relative);
     # L-BFGS without a line search amplifies that: measured 0.0008-0.002 on average, depending on the
     # order the sums are taken in.
     diff = (tiled.image - plain.image).abs()
@@ -179,23 +179,24 @@ class _Stylizer:
         self.cfg, self.tile, self.history = SimpleNamespace(lbfgs_history=50), tile, history
 
 
+@pytest.mark.parametrize("planned", [224, memory.BANDS])
 @pytest.mark.parametrize("forced_tile", [None, 48])
-def test_a_resume_keeps_the_memory_plan_the_run_started_with(tmp_path, forced_tile):
-    """The first run records its tile and L-BFGS pairs; a resume keeps the pairs always (they change
-    pixels) and the tile unless --tile is given, whatever the memory free now would plan."""
+def test_a_resume_keeps_the_memory_plan_the_run_started_with(tmp_path, forced_tile, planned):
+    """The first run records its tile (or bands) and L-BFGS pairs; a resume keeps the pairs always (they
+    change pixels) and the tile unless --tile is given, whatever the memory free now would plan."""
     from videostyle.config import RunOptions
     from videostyle.run.chain import _keep_memory_plan
     from videostyle.store.workdir import WorkDir
 
     with WorkDir.open(tmp_path / "w", {"config_hash": "x"}) as work:
-        _keep_memory_plan(work, _Stylizer(tile=224, history=7), RunOptions())
-    assert WorkDir.read_manifest(tmp_path / "w")["tile"] == 224
+        _keep_memory_plan(work, _Stylizer(tile=planned, history=7), RunOptions())
+    assert WorkDir.read_manifest(tmp_path / "w")["tile"] == planned
     assert WorkDir.read_manifest(tmp_path / "w")["lbfgs_pairs"] == 7
     # What plan_memory gives at the resume: more memory is free (untiled, all 50 pairs), or --tile.
     now = _Stylizer(tile=forced_tile, history=50)
     with WorkDir.open(tmp_path / "w", {"config_hash": "x"}) as work:
         _keep_memory_plan(work, now, RunOptions(tile=forced_tile))
-    assert now.history == 7 and now.tile == (224 if forced_tile is None else forced_tile)
+    assert now.history == 7 and now.tile == (planned if forced_tile is None else forced_tile)
     assert WorkDir.read_manifest(tmp_path / "w")["tile"] == now.tile
 
 
@@ -248,25 +249,32 @@ def test_a_max_memory_below_what_the_process_holds_is_one_line():
 
 def test_the_frame_budget_is_what_max_memory_leaves(monkeypatch):
     """--max-memory is the run's peak: on the CPU, what the process holds now and the video's buffers
-    come off, and the rest is divided by the CPU's measured peak-over-model factor."""
-    from videostyle.step import CPU_PEAK_OVER_MODEL, frame_memory_budget
+    come off, and the untiled and tiled estimates must fit the rest divided by the CPU's measured
+    peak-over-model factor (the banded one was fitted to the measured peak)."""
+    from videostyle.step import CPU_PEAK_OVER_MODEL, frame_memory_budget, peak_over_model
 
     monkeypatch.setattr(memory, "resident_memory", lambda: 1 << 30)
     budget = frame_memory_budget(torch.device("cpu"), int(2.5 * 2**30), reserve=256 << 20)
-    assert budget == int((int(2.5 * 2**30) - (1 << 30) - (256 << 20)) / CPU_PEAK_OVER_MODEL)
+    assert budget == int(2.5 * 2**30) - (1 << 30) - (256 << 20)
+    assert peak_over_model(torch.device("cpu")) == CPU_PEAK_OVER_MODEL > 1
     monkeypatch.setattr(memory, "available_memory", lambda: 10 << 30)
     assert frame_memory_budget(torch.device("cpu")) == 6 << 30  # 60% of what is available
+    names = _stack()
+    whole = memory.estimate_peak_bytes(1080, 1920, names, history_size=50)["total"]
+    assert memory.plan_memory(1080, 1920, names, budget_bytes=whole, halo=96, overhead=1.15).tile is not None
+    assert memory.plan_memory(1080, 1920, names, budget_bytes=int(whole * 1.15) + 1, halo=96,
+                              overhead=1.15).tile is None
 
 
 def test_on_a_gpu_the_frame_budget_leaves_room_for_the_allocator(monkeypatch):
-    """On a GPU, what torch has allocated and the buffers come off --max-memory, and the rest is divided
-    by the measured peak-over-model factor (a 4K plan for 16 GiB ran out of memory under a 16 GiB cap)."""
-    from videostyle.step import CUDA_PEAK_OVER_MODEL, frame_memory_budget
+    """On a GPU, what torch has allocated and the buffers come off --max-memory, and the plan keeps the
+    measured peak-over-model factor's room (a 4K plan for 16 GiB ran out of memory under a 16 GiB cap)."""
+    from videostyle.step import CUDA_PEAK_OVER_MODEL, frame_memory_budget, peak_over_model
 
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1 << 30)
     budget = frame_memory_budget(torch.device("cuda", 0), 16 << 30, reserve=256 << 20)
-    assert budget == int(((16 << 30) - (1 << 30) - (256 << 20)) / CUDA_PEAK_OVER_MODEL)
-    assert CUDA_PEAK_OVER_MODEL > 1
+    assert budget == (16 << 30) - (1 << 30) - (256 << 20)
+    assert peak_over_model(torch.device("cuda", 0)) == CUDA_PEAK_OVER_MODEL > 1
 
 
 class _FakeCuda:
@@ -311,69 +319,3 @@ def test_planning_a_gpu_run_caps_its_allocator(monkeypatch):
     stylizer.plan_memory((3840, 2160), max_memory=16 << 30)
     assert cuda.fractions == [(0.2, 1)]
     assert stylizer.tile is not None  # 4K does not fit 16 GiB untiled
-
-
-def test_the_first_block_in_strips_gives_the_same_value_and_gradient(monkeypatch):
-    """With VGG's first block back-propagated strip by strip (fp32), value and gradient equal the whole
-    crop's: strips of 16 px (several per crop, one ending inside a tile), an odd height, relu1_1 read as a
-    style, a content and a new-content layer."""
-    from videostyle.model import tiling
-    from videostyle.model.objective import new_content_shares
-
-    monkeypatch.setattr(tiling, "STRIP_PX", 16)
-    style = {"relu1_1": 0.5, "relu2_1": 0.5}
-    content_layers = {"relu1_1": 0.5, "relu3_1": 0.5}
-    encoder = VGGEncoder([*content_layers, *style], resolve_weights("untrained"))
-    g = torch.Generator().manual_seed(1)
-    content = torch.rand((1, 3, 75, 98), generator=g)
-    targets = compute_style_targets(encoder, [torch.rand((1, 3, 48, 48), generator=g)], [1.0], list(style))
-    weights = LossWeights(1.0, 20.0, 0.01, content_layers, style, range=100.0, new_content=10.0)
-    fresh = torch.zeros((1, 1, 75, 98))
-    fresh[..., 60:] = 1
-    assert "relu1_1" in new_content_shares(weights, fresh)
-    image = (content + 0.2 * torch.randn(content.shape, generator=g)).clamp(0, 1)
-    results = {}
-    for strips in (False, True):
-        tiled = TiledObjective(encoder, content, targets, weights, (), fresh, tile=48, halo=32, strips=strips)
-        assert len(tiled.tiles) == 6 and tiled.strips is strips
-        results[strips] = _value_and_grad(tiled, image)
-    (total, parts, grad), (s_total, s_parts, s_grad) = results[False], results[True]
-    assert float(s_total) == pytest.approx(float(total), rel=1e-6)
-    for name in parts:
-        assert float(s_parts[name]) == pytest.approx(float(parts[name]), rel=1e-5), name
-    assert float((s_grad - grad).norm() / grad.norm()) < 1e-5
-
-
-def test_strips_are_used_where_the_plan_counts_on_them():
-    """By default the tiled objective uses strips exactly where block1_strips says, as the plan does:
-    the CPU, fp32, a stack beyond pool1, no first-block layer read but relu1_1."""
-    from videostyle.model.tiling import block1_strips
-
-    names = _stack()
-    read = ["relu1_1", "relu2_1", "relu4_2", "relu5_1"]
-    assert block1_strips(names, read, "fp32", "cpu")
-    assert not block1_strips(names, read, "fp32", "cuda")
-    assert not block1_strips(names, read, "bf16", "cpu")
-    assert not block1_strips(names, [*read, "relu1_2"], "fp32", "cpu")
-    assert not block1_strips(names[:names.index("relu1_1") + 1], ["relu1_1"], "fp32", "cpu")
-    content = torch.rand((1, 3, 64, 64))
-    for precision, expected in (("fp32", True), ("bf16", False)):
-        encoder = VGGEncoder(["relu1_1", "relu2_1"], resolve_weights("untrained"), precision=precision)
-        targets = compute_style_targets(encoder, [content], [1.0], ["relu1_1", "relu2_1"])
-        weights = LossWeights(1.0, 1.0, 0.0, {"relu2_1": 1.0}, {"relu1_1": 0.5, "relu2_1": 0.5})
-        assert TiledObjective(encoder, content, targets, weights, tile=32, halo=16).strips is expected
-
-
-def test_strips_shrink_a_crop_and_coarsen_the_plan():
-    """The model: a crop's VGG with its first block in strips is about 40% smaller, so a 1080x1920 video
-    frame in the 1.34 GiB a 2.5 GB run leaves it gets a 3x2 grid instead of 4x3."""
-    from videostyle.model.memory import strip_crop_bytes, transient_bytes, vgg_activation_bytes
-
-    names = _stack("vgg16")
-    read = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]
-    whole = vgg_activation_bytes(832, 640, names) + transient_bytes(832, 640)
-    assert 0.55 * whole < strip_crop_bytes(832, 640, names, read_layers=read) < 0.7 * whole
-    kw = dict(budget_bytes=int(1.34 * 2**30), halo=96, read_layers=read, history_size=50)
-    plain, strips = plan_memory(1920, 1080, names, **kw), plan_memory(1920, 1080, names, strips=True, **kw)
-    assert tile_grid(1920, 1080, plain.tile) == (4, 3) and tile_grid(1920, 1080, strips.tile) == (3, 2)
-    assert plain.history == strips.history == MIN_HISTORY and strips.peak_bytes <= kw["budget_bytes"]

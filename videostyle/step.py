@@ -30,8 +30,9 @@ from videostyle.model.masks import FrameMasks, composite
 from videostyle.model.optimise import (FrameObjective, FrameResult, FrameStart, LossWeights, StyleTargets, TemporalTerm,
                                        compute_style_targets, octave_sizes, stylize_coarse_to_fine,
                                        stylize_frame)
+from videostyle.model.banded import BandedObjective, uses_bands
 from videostyle.model.tiled import TiledObjective
-from videostyle.model.tiling import TILE_HALO, block1_strips, tile_grid
+from videostyle.model.tiling import TILE_HALO, tile_grid
 from videostyle.motion.temporal import initial_image
 from videostyle.timing import PHASES
 
@@ -81,23 +82,29 @@ CUDA_PEAK_OVER_MODEL = 1.15
 
 
 def frame_memory_budget(device: torch.device, max_memory: int | None = None, *, reserve: int = 0) -> int | None:
-    """Bytes one frame's optimisation may use (:mod:`videostyle.model.memory`'s model), None where unknown.
+    """Bytes of the run's peak one frame's optimisation may take, None where unknown (the plan fits the
+    memory model's estimates in it, the untiled and tiled ones with :func:`peak_over_model`'s room).
 
     ``max_memory``: the run's peak, bytes: on the CPU the process's resident memory, on a GPU what
     torch reserves there. What the process holds already (torch, the weights, the style targets) and
-    ``reserve`` (the video pipeline's buffers) are taken off, and the rest is divided by
-    :data:`CPU_PEAK_OVER_MODEL` or :data:`CUDA_PEAK_OVER_MODEL`. None: 90% of a GPU's memory less 0.5 GiB
+    ``reserve`` (the video pipeline's buffers) are taken off. None: 90% of a GPU's memory less 0.5 GiB
     (CUDA's context is outside torch's allocator), or 60% of the memory available on the CPU (measured
     there: an untiled frame's peak RSS is 1.6x the model's).
     """
     if device.type == "cuda":
         if max_memory is None:
             max_memory = int(torch.cuda.get_device_properties(device).total_memory * 0.9) - (512 << 20)
-        return int((max_memory - held_memory(device) - reserve) / CUDA_PEAK_OVER_MODEL)
+        return max_memory - held_memory(device) - reserve
     if max_memory is None:
         available = memory.available_memory()
         return None if available is None else int(available * 0.6) - reserve
-    return int((max_memory - held_memory(device) - reserve) / CPU_PEAK_OVER_MODEL)
+    return max_memory - held_memory(device) - reserve
+
+
+def peak_over_model(device: torch.device) -> float:
+    """The measured peak over the memory model's untiled and tiled estimates on ``device``'s kind:
+    :data:`CUDA_PEAK_OVER_MODEL` or :data:`CPU_PEAK_OVER_MODEL`."""
+    return CUDA_PEAK_OVER_MODEL if device.type == "cuda" else CPU_PEAK_OVER_MODEL
 
 
 def bound_memory(device: torch.device, max_memory: int | None) -> None:
@@ -152,7 +159,8 @@ class Stylizer:
     the Gram matrices and the losses stay float32); see :class:`~videostyle.model.features.VGGEncoder`.
 
     ``tile``: evaluate VGG on tiles of at most this many px a side (:mod:`videostyle.model.tiled`) when the
-    frame is larger; None: the whole frame at once. :meth:`plan_memory` sets it, and ``history`` (the
+    frame is larger; :data:`~videostyle.model.memory.BANDS`: block by block in bands of rows
+    (:mod:`videostyle.model.banded`); None: the whole frame at once. :meth:`plan_memory` sets it, and ``history`` (the
     L-BFGS correction pairs), for a memory budget.
     """
 
@@ -160,7 +168,7 @@ class Stylizer:
 
     def __init__(self, cfg: StyleConfig, *, device: torch.device, working_size: tuple[int, int],
                  colour_reference: torch.Tensor | None = None, precision: str = "fp32",
-                 tile: int | None = None):
+                 tile: int | str | None = None):
         self.cfg = cfg
         self.device = device
         self.precision = precision
@@ -265,8 +273,9 @@ class Stylizer:
         """Sets :attr:`tile` and :attr:`history` for frames of ``working_size`` ``(W, H)``
         (:func:`videostyle.model.memory.plan_memory`): ``tile`` when given (with the config's history),
         else what fits ``max_memory`` (:func:`frame_memory_budget`; ``reserve`` bytes for what else the
-        run holds): untiled when the whole frame fits, else tiles, and fewer L-BFGS pairs when tiles
-        alone would have to be small. ``max_history``: at most this many pairs whatever the config says
+        run holds): untiled when the whole frame fits, else bands on the CPU
+        (:func:`~videostyle.model.banded.uses_bands`) or tiles, and fewer L-BFGS pairs when they would
+        not fit otherwise. ``max_history``: at most this many pairs whatever the config says
         (the refinement of a still, :mod:`videostyle.model.upscale`). ``max_memory`` also bounds the
         process for the rest of the run: torch's allocator on a GPU, glibc's on the CPU (:func:`bound_memory`)."""
         wanted = self.cfg.lbfgs_history if max_history is None else min(self.cfg.lbfgs_history, max_history)
@@ -290,11 +299,14 @@ class Stylizer:
                 height, width, stack, budget_bytes=budget, halo=TILE_HALO, precision=self.precision,
                 read_layers=self.encoder.layers, history_size=wanted,
                 weights_bytes=sum(p.numel() * p.element_size() for p in self.encoder.parameters()),
-                strips=block1_strips(stack, self.encoder.layers, self.precision, self.device.type))
+                bands=uses_bands(self.precision, self.device.type), overhead=peak_over_model(self.device))
         except ValueError as exc:
             raise InputError(f"{exc}; lower --size, or raise --max-memory") from exc
         self.tile, self.history = plan.tile, plan.history
-        if plan.tile is not None:
+        if plan.tile == memory.BANDS:
+            log.info("%dx%d px frames: VGG runs block by block in bands of rows to fit %.2f GiB",
+                     width, height, budget / 2**30)
+        elif plan.tile is not None:
             rows, cols = tile_grid(height, width, plan.tile)
             log.info("%dx%d px frames: VGG runs on %dx%d tiles (at most %d px a side) to fit %.2f GiB",
                      width, height, cols, rows, plan.tile, budget / 2**30)
@@ -304,11 +316,14 @@ class Stylizer:
                         wanted, budget / 2**30)
 
     def make_objective(self, encoder, content, targets, weights, temporal=(), fresh=None):
-        """The frame objective: VGG on the whole frame, or on tiles of ``self.tile`` px (the same
-        gradient to float rounding, in bounded memory: :mod:`videostyle.model.tiled`)."""
+        """The frame objective: VGG on the whole frame, in bands (every octave), or on tiles of
+        ``self.tile`` px (octaves larger than a tile): the same gradient to float rounding, in bounded
+        memory (:mod:`videostyle.model.banded`, :mod:`videostyle.model.tiled`)."""
         if self.device.type == "cpu":
             memory.release_free_memory()  # each octave's tensors have other sizes than the last's
-        if self.tile is None or max(content.shape[-2:]) <= self.tile:
+        if self.tile == memory.BANDS:
+            objective = BandedObjective(encoder, content, targets, weights, temporal, fresh)
+        elif self.tile is None or max(content.shape[-2:]) <= self.tile:
             objective = FrameObjective(encoder, content, targets, weights, temporal, fresh)
         else:
             objective = TiledObjective(encoder, content, targets, weights, temporal, fresh, tile=self.tile,

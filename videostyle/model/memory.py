@@ -17,10 +17,9 @@ Convention:
       working vectors. At 3840x2160 the default 50 pairs alone are 10 GB: the history, not VGG, sets
       the largest size that fits.
 
-    With tiles (:func:`plan_memory`), VGG's terms are one crop's; the frame's tensors and the history
-    stay whole-frame. In fp32 on the CPU the tiled objective runs a crop's first block in strips,
-    and a crop's terms are :func:`strip_crop_bytes`'s. Checked against measurements in
-    docs/BENCHMARKS.md ("Memory model", "Tiled optimisation").
+    With tiles (:func:`plan_memory`), VGG's terms are one crop's; with bands (fp32 on the CPU),
+    :func:`banded_bytes`'; the frame's tensors and the history stay whole-frame. Checked against
+    measurements in docs/BENCHMARKS.md ("Memory model", "Tiled optimisation", "Bands").
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import ctypes
 from dataclasses import dataclass
 from typing import Sequence
 
-from videostyle.model.tiling import ALIGN, STRIP_PX, largest_crop, tile_grid
+from videostyle.model.tiling import ALIGN, BAND_BYTES, band_context, band_rows, largest_crop, tile_grid, vgg_blocks
 
 _BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
@@ -70,24 +69,50 @@ def _layer_bytes(height: int, width: int, stack: Sequence[str], precision: str, 
     return total
 
 
-def strip_crop_bytes(height: int, width: int, stack: Sequence[str], *, precision: str = "fp32",
-                     read_layers: Sequence[str] = ()) -> int:
-    """A crop's VGG bytes when its first block runs in strips (:func:`~videostyle.model.tiling.block1_strips`),
-    the larger of two phases. First the block without a graph: the input, two 64-channel maps and pool1.
-    Then the rest of VGG from pool1 with its backward (pool1 as a leaf and its gradient, the rest's
-    activations, block 2's transient: a conv output and two gradients), one strip's first block with
-    its backward (:data:`~videostyle.model.tiling.STRIP_PX` rows plus 4 of context), and the crop's
-    gradient."""
-    e = _BYTES[precision]
-    cut = list(stack).index("pool1") + 1
-    ph, pw = height // 2, width // 2
-    head = 3 * height * width * 4 + 2 * 64 * height * width * e + 64 * ph * pw * e
-    rows = STRIP_PX + 4
-    strip = (vgg_activation_bytes(rows, width, stack[:cut], precision=precision, read_layers=read_layers)
-             + transient_bytes(rows, width, precision=precision) + 2 * 3 * rows * width * 4)
-    rest = (2 * 64 * ph * pw * e + _layer_bytes(ph, pw, stack[cut:], precision, read_layers)
-            + 3 * 128 * ph * pw * e + strip + 3 * height * width * 4)
-    return max(head, rest)
+# What the banded objective's backward pass holds beyond the tensors banded_bytes names, measured as the
+# process's RSS at its peak at 960x540 and 1920x1080 (docs/BENCHMARKS.md, "Bands"; glibc's threshold at
+# 16 MiB as --max-memory sets it, the heap trimmed before each block): about 14 more band maps (oneDNN's
+# and autograd's temporaries in a band's backward pass, and the heap's pieces around them) and 82 bytes
+# a px of the frame.
+BAND_EXTRA_MAPS = 14
+BANDED_EXTRA_PER_PX = 82
+
+
+def banded_bytes(height: int, width: int, stack: Sequence[str], *, band_bytes: int = BAND_BYTES) -> int:
+    """VGG's bytes at the peak of :class:`~videostyle.model.banded.BandedObjective` (fp32), the larger of
+    its two passes over the blocks (:func:`~videostyle.model.tiling.vgg_blocks`) of a ``height x width``
+    frame, the frame itself not counted (:func:`frame_bytes` has it).
+
+    Forward, at block ``k``: the outputs of the blocks before it (kept), its own output, and one band
+    run without a graph (its input rows and three maps). Backward, at block ``k``: the inputs of the
+    blocks up to it, the gradient at its output and at its input, and one band with its graph (its input
+    rows and their gradient, its ReLU and pooling outputs, and a convolution output with two gradients),
+    and what was measured beyond those (:data:`BAND_EXTRA_MAPS`, :data:`BANDED_EXTRA_PER_PX`).
+    """
+    blocks = vgg_blocks(stack)
+    h, w, c_in = height, width, 3
+    maps = []  # per block: (input bytes, output bytes or 0 for the last, one band's no-grad and grad bytes)
+    for i, block in enumerate(blocks):
+        convs = sum(name.startswith("conv") for name in block)
+        relus = sum(name.startswith("relu") for name in block)
+        c = _channels(block[0])
+        pooled = block[-1].startswith("pool")
+        rows = min(h, band_rows(c, w, convs, band_bytes) + band_context(convs))
+        input_bytes = c_in * h * w * 4
+        out_h, out_w = (h // 2, w // 2) if pooled else (h, w)
+        out_bytes = c * out_h * out_w * 4 if i < len(blocks) - 1 else 0
+        band_map = c * rows * w * 4
+        no_grad = c_in * rows * w * 4 + 3 * band_map
+        with_grad = (2 * c_in * rows * w * 4 + relus * band_map + (band_map // 4 if pooled else 0)
+                     + (3 + BAND_EXTRA_MAPS) * band_map)
+        maps.append((input_bytes, out_bytes, no_grad, with_grad))
+        h, w, c_in = out_h, out_w, c
+    frame_input = maps[0][0]  # the frame itself: in frame_bytes
+    kept = [m[0] for m in maps]
+    forward = max(sum(kept[1:k + 1]) + maps[k][1] + maps[k][2] for k in range(len(maps)))
+    backward = max(sum(kept[1:k + 1]) + maps[k][1] + (maps[k][0] if k else frame_input) + maps[k][3]
+                   for k in range(len(maps)))
+    return max(forward, backward) + BANDED_EXTRA_PER_PX * height * width
 
 
 def transient_bytes(height: int, width: int, *, precision: str = "fp32") -> int:
@@ -140,35 +165,35 @@ class MemoryPlan:
 
     Attributes:
         tile: VGG runs on tiles of at most this many px a side (:func:`videostyle.model.tiling.plan_tiles`);
-            None: on the whole frame.
+            :data:`BANDS`: block by block in bands (:mod:`videostyle.model.banded`); None: on the whole frame.
         history: L-BFGS correction pairs kept (at most the config's).
         peak_bytes: the model's peak for this plan.
     """
 
-    tile: int | None
+    tile: int | str | None
     history: int
     peak_bytes: int
 
 
+# MemoryPlan.tile (and a run's manifest) for VGG run in bands rather than tiles.
+BANDS = "bands"
+
+
 def tiled_peak_bytes(height: int, width: int, stack: Sequence[str], *, tile: int, halo: int,
                      precision: str = "fp32", read_layers: Sequence[str] = (), history_size: int = 50,
-                     weights_bytes: int = 0, strips: bool = False) -> int:
+                     weights_bytes: int = 0) -> int:
     """The model's peak for frames of ``height x width`` optimised with VGG on tiles of ``tile`` px: the
     frame's own tensors and the L-BFGS history (whole-frame whatever the tile) plus the largest crop's
-    VGG activations and backward transient (``strips``: the first block in strips,
-    :func:`strip_crop_bytes`)."""
+    VGG activations and backward transient."""
     crop_h, crop_w = largest_crop(height, width, tile=tile, halo=halo)
-    if strips:
-        crop = strip_crop_bytes(crop_h, crop_w, stack, precision=precision, read_layers=read_layers)
-    else:
-        crop = (vgg_activation_bytes(crop_h, crop_w, stack, precision=precision, read_layers=read_layers)
-                + transient_bytes(crop_h, crop_w, precision=precision))
+    crop = (vgg_activation_bytes(crop_h, crop_w, stack, precision=precision, read_layers=read_layers)
+            + transient_bytes(crop_h, crop_w, precision=precision))
     return frame_bytes(height, width) + lbfgs_bytes(height, width, history_size=history_size) + weights_bytes + crop
 
 
 def choose_tile(height: int, width: int, stack: Sequence[str], *, budget_bytes: int, halo: int,
                 precision: str = "fp32", read_layers: Sequence[str] = (), history_size: int = 50,
-                weights_bytes: int = 0, strips: bool = False) -> int | None:
+                weights_bytes: int = 0) -> int | None:
     """The largest tile (px a side, a multiple of :data:`~videostyle.model.tiling.ALIGN`) whose peak fits
     ``budget_bytes`` at ``history_size``, or None when none does (not even ``4 * ALIGN`` px)."""
     tile = -(-max(height, width) // ALIGN) * ALIGN
@@ -178,7 +203,7 @@ def choose_tile(height: int, width: int, stack: Sequence[str], *, budget_bytes: 
             grid = tile_grid(height, width, tile)
             if tiled_peak_bytes(height, width, stack, tile=tile, halo=halo, precision=precision,
                                 read_layers=read_layers, history_size=history_size,
-                                weights_bytes=weights_bytes, strips=strips) <= budget_bytes:
+                                weights_bytes=weights_bytes) <= budget_bytes:
                 return tile
         tile -= ALIGN
     return None
@@ -186,38 +211,53 @@ def choose_tile(height: int, width: int, stack: Sequence[str], *, budget_bytes: 
 
 def plan_memory(height: int, width: int, stack: Sequence[str], *, budget_bytes: int, halo: int,
                 precision: str = "fp32", read_layers: Sequence[str] = (), history_size: int = 50,
-                weights_bytes: int = 0, strips: bool = False) -> MemoryPlan:
+                weights_bytes: int = 0, bands: bool = False, overhead: float = 1.0) -> MemoryPlan:
     """The plan for frames of ``height x width`` px in ``budget_bytes``: untiled when the whole frame fits
-    at ``history_size``; else tiles, keeping the history while the tile grid is no finer than
-    :data:`EFFICIENT_TILE`'s; else fewer correction pairs (down to :data:`MIN_HISTORY`) for tiles that
-    large; else the largest tile that fits at :data:`MIN_HISTORY`.
+    at ``history_size``. Else, with ``bands`` (:func:`~videostyle.model.banded.uses_bands`): VGG in bands,
+    with as many correction pairs as fit (down to :data:`MIN_HISTORY`). Else tiles, keeping the history
+    while the tile grid is no finer than :data:`EFFICIENT_TILE`'s; else fewer correction pairs (down to
+    :data:`MIN_HISTORY`) for tiles that large; else the largest tile that fits at :data:`MIN_HISTORY`.
 
-    ``strips``: the tiled objective runs VGG's first block in strips
-    (:func:`~videostyle.model.tiling.block1_strips`), which makes a crop's VGG smaller.
+    ``overhead``: the measured peak over the model's for the untiled and tiled estimates (the
+    allocator's pieces, oneDNN's and cuDNN's scratch): they must fit ``budget_bytes / overhead``. The
+    banded estimate was fitted to the measured peak (:func:`banded_bytes`) and fits ``budget_bytes``.
+    ``peak_bytes`` is the model's, without the overhead.
 
-    Raises ValueError when not even a ``4 * ALIGN`` px tile fits with the fewest pairs: then the size is
-    what must shrink.
+    Raises ValueError when nothing fits with the fewest pairs (not even a ``4 * ALIGN`` px tile): then
+    the size is what must shrink.
     """
     kw = dict(precision=precision, read_layers=read_layers, weights_bytes=weights_bytes)
     whole = estimate_peak_bytes(height, width, stack, history_size=history_size, **kw)["total"]
-    kw["strips"] = strips
-    if whole <= budget_bytes:
+    modelled_budget = int(budget_bytes / overhead)
+    if whole <= modelled_budget:
         return MemoryPlan(None, history_size, whole)
-    efficient = tile_grid(height, width, EFFICIENT_TILE)
     fewest = min(MIN_HISTORY, history_size)
-    for history in range(history_size, fewest - 1, -1):
-        tile = choose_tile(height, width, stack, budget_bytes=budget_bytes, halo=halo, history_size=history, **kw)
-        if tile is None:
-            continue
-        rows, cols = tile_grid(height, width, tile)
-        if rows * cols <= efficient[0] * efficient[1] or history == fewest:
-            return MemoryPlan(tile, history, tiled_peak_bytes(height, width, stack, tile=tile, halo=halo,
-                                                              history_size=history, **kw))
-    smallest = tiled_peak_bytes(height, width, stack, tile=4 * ALIGN, halo=halo, history_size=fewest, **kw)
-    fixed = frame_bytes(height, width) + lbfgs_bytes(height, width, history_size=fewest) + weights_bytes
+    fixed = frame_bytes(height, width) + weights_bytes
+    if bands:
+        vgg = banded_bytes(height, width, stack)
+        for history in range(history_size, fewest - 1, -1):
+            peak = fixed + lbfgs_bytes(height, width, history_size=history) + vgg
+            if peak <= budget_bytes:
+                return MemoryPlan(BANDS, history, peak)
+        smallest, what = fixed + lbfgs_bytes(height, width, history_size=fewest) + vgg, "VGG in bands"
+    else:
+        efficient = tile_grid(height, width, EFFICIENT_TILE)
+        for history in range(history_size, fewest - 1, -1):
+            tile = choose_tile(height, width, stack, budget_bytes=modelled_budget, halo=halo,
+                               history_size=history, **kw)
+            if tile is None:
+                continue
+            rows, cols = tile_grid(height, width, tile)
+            if rows * cols <= efficient[0] * efficient[1] or history == fewest:
+                return MemoryPlan(tile, history, tiled_peak_bytes(height, width, stack, tile=tile, halo=halo,
+                                                                  history_size=history, **kw))
+        smallest = tiled_peak_bytes(height, width, stack, tile=4 * ALIGN, halo=halo, history_size=fewest, **kw)
+        what = "the smallest tile's VGG"
+        budget_bytes = modelled_budget  # what the tiles' estimate must fit
+    fixed += lbfgs_bytes(height, width, history_size=fewest)
     raise ValueError(f"{width}x{height} px needs at least {smallest / 2**20:.0f} MiB (the frame, its L-BFGS "
-                     f"history of {fewest} pairs and the weights {fixed / 2**20:.0f} MiB, the smallest tile's "
-                     f"VGG {(smallest - fixed) / 2**20:.0f} MiB), more than {budget_bytes / 2**20:.0f} MiB")
+                     f"history of {fewest} pairs and the weights {fixed / 2**20:.0f} MiB, {what} "
+                     f"{(smallest - fixed) / 2**20:.0f} MiB), more than {budget_bytes / 2**20:.0f} MiB")
 
 
 def release_free_memory() -> None:
@@ -235,8 +275,9 @@ def release_free_memory() -> None:
 # its mmap threshold; each time such a block is freed the threshold rises to its size (up to 32 MiB), so
 # later blocks come from the heap, which keeps them when freed. Measured on a 1080x1920 tiled frame
 # (docs/BENCHMARKS.md, "Tiled optimisation"), peak RSS and time against glibc's own (1927 MiB): fixed at
-# 16 MiB, 1619 MiB for 6% more time; at 8, 4 or 1 MiB about 1400 MiB, but 25-30% more time (each
-# strip's maps, ~11 MiB, then get fresh pages every time); at 32 MiB no gain.
+# 16 MiB, 1619 MiB for 6% more time; at 8, 4 or 1 MiB about 1400 MiB, but 25-30% more time (the
+# first block's strips then got fresh pages every time); at 32 MiB no gain. The bands' maps stay under
+# it (tiling.BAND_BYTES), so they are reused from the heap.
 MMAP_THRESHOLD = 16 << 20
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
 

@@ -9,9 +9,9 @@ Two kinds, by what a term needs:
 order they are registered here (which fixes the float sums, so keep it: resumed runs are compared byte
 for byte). A new term is one class with a ``name`` and ``__call__``, and a builder registered with
 :func:`feature_term` or :func:`pixel_term` that returns it (or None when its weight is 0). See
-docs/ARCHITECTURE.md, "where does this change go?". The tiled objective
-(:mod:`videostyle.model.tiled`) sums the pixel terms the same way; a new *feature* term also needs its
-tiled form there.
+docs/ARCHITECTURE.md, "where does this change go?". The tiled and banded
+objectives (:mod:`videostyle.model.regions`) sum the pixel terms the same way; a new *feature* term also
+needs its form over a region of VGG's maps there.
 """
 
 from __future__ import annotations

@@ -144,7 +144,7 @@ class FrameObjective:
 
     def loss_and_gradient(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(total, parts)`` detached, with the gradient of ``total`` accumulated into ``image.grad``
-        (the interface :func:`stylize_frame` calls; :class:`videostyle.model.tiled.TiledObjective` has it too)."""
+        (the interface :func:`stylize_frame` calls; :class:`videostyle.model.regions.RegionObjective` has it too)."""
         total, parts = self(image)
         total.backward()
         return total.detach(), {name: value.detach() for name, value in parts.items()}
@@ -283,7 +283,7 @@ def stylize_coarse_to_fine(encoder: VGGEncoder, content: torch.Tensor, init: tor
     ``coarse_iterations`` (default the same) at every coarser octave.
 
     ``make_objective(encoder, content, targets, weights, temporal)`` builds each octave's objective
-    (default :class:`FrameObjective`; :class:`videostyle.model.tiled.TiledObjective` with its tile size bound).
+    (default :class:`FrameObjective`; ``Stylizer.make_objective``: tiles or bands where memory is short).
 
     Returns the full-size result; ``iterations`` in it is the full-size count, ``history`` concatenates
     all octaves.

@@ -1,4 +1,5 @@
-"""Tiles on VGG's pooling grid, and the no-grad feature passes that run over them in bounded memory.
+"""Tiles and bands on VGG's pooling grid, and the no-grad feature passes that run over tiles in bounded
+memory.
 
 A feature at layer ``relu{b}_{n}`` (or ``pool{b}``) of a crop equals the whole image's when the crop
 reaches at least VGG's receptive-field radius beyond it (or the image's own border, where the zero
@@ -9,7 +10,8 @@ Convention:
     Images are ``(1, 3, H, W)`` float32; tiles are given in px of the image. A layer ``relu{b}_{n}`` or
     ``pool{b}`` sits ``2^(b-1)`` (``2^b`` for the pooling) px apart on the image; tile boundaries and
     crop starts are multiples of :data:`ALIGN` px, so every pooling window of a crop is one of the
-    image's and every layer's feature rows split at the same places.
+    image's and every layer's feature rows split at the same places. Bands (:func:`plan_bands`) are rows
+    of one VGG block's input map, which start on an even row for the same reason.
 """
 
 from __future__ import annotations
@@ -35,23 +37,56 @@ TILE_HALO = 96
 # process's peak in this pass went from 2.4 GB (whole) to 1.35 GB.
 FEATURE_PASS_TILE = 512
 
-# VGG's first block runs at full resolution with 64 channels: with its backward pass, about two thirds
-# of a crop's memory by the model. So the tiled objective back-propagates the rest of VGG from pool1 and
-# then the first block in strips of this many px rows (plus 2 px of context each side), recomputed one
-# at a time: measured, a crop's memory fell by 27% for 4.5% more time (docs/BENCHMARKS.md, "Tiled
-# optimisation"). Even, so strips split pool1's rows.
-STRIP_PX = 64
+# A band of the banded objective (videostyle.model.banded) spans as many rows of a block's input as keep
+# each of the block's maps over the band, its context included (the convolutions' output channels x its
+# rows x the map's width, float32), within this many bytes: at 1080 px wide, 52 rows of the first block's
+# own and 4 of context. Under glibc's mmap threshold as --max-memory sets it (memory.MMAP_THRESHOLD), so
+# the bands' maps are reused from the heap instead of mapped afresh for each band. Each band recomputes
+# its context, but measured the size matters little: 16, 32 and 64 MiB took 45.0, 42.9 and 45.8 s on a
+# 1080x1920 frame (docs/BENCHMARKS.md, "Bands").
+BAND_BYTES = 15 << 20
 
-Encoder = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
+
+@dataclass(frozen=True)
+class Band:
+    """Rows ``[lo, hi)`` of a block's input map and the rows ``[a, b)`` it runs on: ``lo`` and ``a`` even,
+    so its pooling windows are the whole map's, with at least one row of context per 3x3 convolution
+    each side (or the map's own border, where the zero padding is the same)."""
+
+    lo: int
+    hi: int
+    a: int
+    b: int
 
 
-def block1_strips(stack: Sequence[str], read_layers: Sequence[str], precision: str, device_type: str) -> bool:
-    """Whether the tiled objective runs VGG's first block in strips (:data:`STRIP_PX`): on the CPU (where
-    it was measured; a GPU keeps the path its 16 GiB plan was measured with), in fp32 (under autocast
-    pool1's gradient would need the fp16 scaling across the cut), when the stack goes beyond pool1 and
-    the losses read no first-block layer but relu1_1."""
-    return (device_type == "cpu" and precision == "fp32" and "pool1" in stack
-            and all(layer == "relu1_1" for layer in read_layers if layer[4] == "1"))
+def vgg_blocks(stack: Sequence[str]) -> list[list[str]]:
+    """The stack's layer names cut after each pooling: VGG's blocks (the last may end without one)."""
+    blocks: list[list[str]] = [[]]
+    for name in stack:
+        blocks[-1].append(name)
+        if name.startswith("pool"):
+            blocks.append([])
+    return [block for block in blocks if block]
+
+
+def band_rows(channels: int, width: int, convs: int, band_bytes: int = BAND_BYTES) -> int:
+    """A band's own rows (even, at least 8) for a block of ``convs`` 3x3 convolutions with ``channels``
+    outputs on a map ``width`` wide: with :func:`plan_bands`' context, each map is within ``band_bytes``."""
+    return max(8, (band_bytes // (channels * width * 4) - band_context(convs)) // 2 * 2)
+
+
+def band_context(convs: int) -> int:
+    """Rows of context a band of a block of ``convs`` 3x3 convolutions runs on beyond its own: ``convs``
+    below, and above ``convs`` rounded up to even (so the band starts on the pooling grid)."""
+    return 2 * convs + convs % 2
+
+
+def plan_bands(height: int, rows: int, convs: int) -> list[Band]:
+    """Bands of ``rows`` rows covering ``height`` rows of a block's input with ``convs`` 3x3 convolutions
+    (the first starts at 0: ``rows`` even keeps every ``lo`` even)."""
+    above = band_context(convs) - convs
+    return [Band(lo, min(height, lo + rows), max(0, lo - above), min(height, lo + rows + convs))
+            for lo in range(0, height, rows)]
 
 
 def layer_stride(layer: str) -> int:

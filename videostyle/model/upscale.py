@@ -7,8 +7,8 @@ refined at each step by a few warm-started iterations against the content at tha
 style targets (Gram matrices are normalised by C*H*W, so targets made at the working size serve every
 size; the style's texture keeps its size in pixels).
 
-Memory stays bounded: VGG runs on tiles where a step's frame needs more than the budget
-(:mod:`videostyle.model.tiled`, the same result), and L-BFGS keeps at most :data:`REFINE_HISTORY` correction
+Memory stays bounded: VGG runs in bands or on tiles where a step's frame needs more than the budget
+(:mod:`videostyle.model.banded`, :mod:`videostyle.model.tiled`: the same result), and L-BFGS keeps at most :data:`REFINE_HISTORY` correction
 pairs (each two ``3 x H x W`` float32 vectors: 290 MB at 4032x3024).
 
 Convention: sizes are ``(W, H)`` px; pictures ``(H, W, 3)`` uint8 RGB.
