@@ -240,13 +240,15 @@ def test_a_run_killed_just_before_a_scene_cut_resumes_to_the_same_frames(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_tiled_run_killed_resumes_to_the_same_frames(job, tmp_path):
-    """--tile 16 (several tiles at this size): a run killed after frame 2 was journaled resumes to the
-    frames of an uninterrupted tiled run, byte for byte."""
+@pytest.mark.parametrize("tile", ["16", "bands"])
+def test_a_tiled_run_killed_resumes_to_the_same_frames(job, tmp_path, tile):
+    """--tile 16 (several tiles at this size) or bands: a run killed after frame 2 was journaled resumes
+    to the frames of an uninterrupted run with the same plan, byte for byte."""
     root, clip, style, _, _ = job
-    assert main(_args(tmp_path, clip, style, "whole", "--tile", "16")) == 0
+    assert main(_args(tmp_path, clip, style, "whole", "--tile", tile)) == 0
+    assert WorkDir.read_manifest(tmp_path / "whole.work")["tile"] == (int(tile) if tile != "bands" else tile)
     reference = _frames(tmp_path / "whole.work")
-    argv = _args(tmp_path, clip, style, "t", "--tile", "16")
+    argv = _args(tmp_path, clip, style, "t", "--tile", tile)
     killed = _spawn(argv, kill_at="journal:2")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert _frames(tmp_path / "t.work") == _prefix(reference, 3)

@@ -141,6 +141,21 @@ def test_max_memory_sizes(text, expected):
     assert _memory_size(text) == expected
 
 
+@pytest.mark.parametrize("text, expected", [("96", 96), ("bands", "bands"), (" Bands", "bands")])
+def test_tile_values(text, expected):
+    from videostyle.cli.main import _tile
+    assert _tile(text) == expected
+
+
+def test_a_bad_tile_is_one_line(capsys):
+    from videostyle.cli.main import main
+    for bad in ("0", "strips"):
+        with pytest.raises(SystemExit) as stop:
+            main(["image", "a.png", "--style", "b.png", "--tile", bad])
+        assert stop.value.code == 2
+        assert f"--tile: expected px (1 or more) or 'bands', got '{bad}'" in capsys.readouterr().err
+
+
 def test_a_bad_max_memory_is_one_line(capsys):
     from videostyle.cli.main import main
     with pytest.raises(SystemExit) as stop:

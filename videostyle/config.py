@@ -19,6 +19,10 @@ from dataclasses import dataclass
 
 from videostyle.vgg_layers import MODELS, check_layers  # torch-free: a command line is checked without torch
 
+# RunOptions.tile (``--tile bands``), the memory plan's tile and a run's manifest, for VGG run block by block
+# in bands of rows (videostyle.model.banded) rather than on tiles.
+BANDS = "bands"
+
 DEFAULT_CONTENT_LAYERS = (("relu4_2", 1.0),)
 DEFAULT_STYLE_LAYERS = (("relu1_1", 1.0), ("relu2_1", 1.0), ("relu3_1", 1.0),
                         ("relu4_1", 1.0), ("relu5_1", 1.0))
@@ -215,7 +219,7 @@ class RunOptions:
     precision: str = "fp32"       # VGG convolutions in fp32, bf16 or fp16 (autocast; losses stay fp32)
     # The memory plan (videostyle.model.memory.plan_memory): tiled VGG gives the same frames to float
     # rounding; fewer L-BFGS pairs change them. The manifest records the plan and a resume keeps it.
-    tile: int | None = None       # px a side; None: chosen from max_memory (untiled when the frame fits)
+    tile: int | str | None = None  # px a side, or "bands"; None: chosen from max_memory (untiled when the frame fits)
     max_memory: int | None = None  # bytes, the run's peak (CPU: the process's RSS); None: the device's, less a margin
     # Many workers (videostyle.run.distributed): None = one process; "local" = a Ray instance started here
     # (or RAY_ADDRESS), else a Ray address. Segments of segment_frames, each with segment_overlap frames
@@ -331,11 +335,12 @@ SETTINGS: dict[type, dict[str, Setting]] = {
         "precision": Setting("--precision", "VGG's convolutions in fp32 (default), bf16 or fp16 (autocast, for "
                              "GPUs with tensor cores; the image and the losses stay fp32)"),
         "max_memory": Setting("--max-memory", "the run's peak memory, e.g. 2.5GB (the process's on a CPU; on a "
-                              "GPU, what torch reserves there, a hard limit): larger frames run VGG on tiles, "
-                              "with the same result to float rounding, and keep fewer L-BFGS pairs if tiles alone "
-                              "would be small (default: the device's, less a margin)", metavar="SIZE"),
-        "tile": Setting("--tile", "run VGG on tiles of at most PX px a side (default: only when --max-memory "
-                        "needs it)", metavar="PX"),
+                              "GPU, what torch reserves there, a hard limit): larger frames run VGG in bands "
+                              "(CPU) or on tiles (GPU), with the same result to float rounding, and keep fewer "
+                              "L-BFGS pairs if they would not fit otherwise (default: the device's, less a "
+                              "margin)", metavar="SIZE"),
+        "tile": Setting("--tile", "run VGG on tiles of at most PX px a side, or 'bands' (block by block in bands "
+                        "of rows) (default: only when --max-memory needs it)", metavar="PX|bands"),
         "crf": Setting("--crf", "H.264 quality, lower is better (default {default})"),
         "preset": Setting("--preset", "x264 preset (default {default})"),
         "output_size": Setting("--output-size", "encode at the source's size (default) or at the working size"),

@@ -268,10 +268,11 @@ class Stylizer:
         objective = self.make_objective(self.encoder, content, self.targets, self.loss_weights, temporal, fresh)
         return stylize_frame(objective, init, iterations=iterations, **kwargs)
 
-    def plan_memory(self, working_size: tuple[int, int], *, tile: int | None = None,
+    def plan_memory(self, working_size: tuple[int, int], *, tile: int | str | None = None,
                     max_memory: int | None = None, reserve: int = 0, max_history: int | None = None) -> None:
         """Sets :attr:`tile` and :attr:`history` for frames of ``working_size`` ``(W, H)``
-        (:func:`videostyle.model.memory.plan_memory`): ``tile`` when given (with the config's history),
+        (:func:`videostyle.model.memory.plan_memory`): ``tile`` when given (px, or
+        :data:`~videostyle.model.memory.BANDS`; with the config's history),
         else what fits ``max_memory`` (:func:`frame_memory_budget`; ``reserve`` bytes for what else the
         run holds): untiled when the whole frame fits, else bands on the CPU
         (:func:`~videostyle.model.banded.uses_bands`) or tiles, and fewer L-BFGS pairs when they would
@@ -367,7 +368,7 @@ class CountedObjective:
 
 
 def stylize_still(rgb: np.ndarray, cfg: StyleConfig, *, device: torch.device, snapshots=None,
-                  precision: str = "fp32", tile: int | None = None, max_memory: int | None = None,
+                  precision: str = "fp32", tile: int | str | None = None, max_memory: int | None = None,
                   refine_iters: int | None = None,
                   on_step: Callable[[], None] | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """Stylise one picture ``(H, W, 3)`` uint8 alone, with the first-frame settings.

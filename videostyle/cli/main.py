@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from videostyle import __version__
-from videostyle.config import (INITS, INITS_FIRST, MODELS, OPTIMIZERS, POOLINGS, PRECISIONS, QUALITIES,
+from videostyle.config import (BANDS, INITS, INITS_FIRST, MODELS, OPTIMIZERS, POOLINGS, PRECISIONS, QUALITIES,
                                QUALITY_PRESETS, SETTINGS, RunOptions, StyleConfig, help_text)
 from videostyle.config import default as config_default
 from videostyle.errors import VideoStyleError
@@ -79,6 +79,16 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected 1 or more, got {text!r}")
     return value
+
+
+def _tile(text: str) -> int | str:
+    """``--tile``: px a side (1 or more), or ``bands``."""
+    if text.strip().lower() == BANDS:
+        return BANDS
+    try:
+        return _positive_int(text)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected px (1 or more) or {BANDS!r}, got {text!r}") from None
 
 
 _MEMORY_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -158,7 +168,7 @@ def _add_style_options(p: argparse.ArgumentParser, *, video: bool, size_flag: st
     _opt(g, R, "device", flag=device_flag, dest="device")
     _opt(g, R, "precision", choices=PRECISIONS)
     _opt(g, R, "max_memory", type=_memory_size)
-    _opt(g, R, "tile", type=_positive_int)
+    _opt(g, R, "tile", type=_tile)
     a = p.add_argument_group("artistic controls")
     _opt(a, S, "preserve_colors", action="store_true")
     _opt(a, S, "mask")

@@ -28,6 +28,7 @@ import ctypes
 from dataclasses import dataclass
 from typing import Sequence
 
+from videostyle.config import BANDS
 from videostyle.model.tiling import ALIGN, BAND_BYTES, band_context, band_rows, largest_crop, tile_grid, vgg_blocks
 
 _BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -173,10 +174,6 @@ class MemoryPlan:
     tile: int | str | None
     history: int
     peak_bytes: int
-
-
-# MemoryPlan.tile (and a run's manifest) for VGG run in bands rather than tiles.
-BANDS = "bands"
 
 
 def tiled_peak_bytes(height: int, width: int, stack: Sequence[str], *, tile: int, halo: int,
