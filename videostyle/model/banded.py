@@ -96,8 +96,21 @@ class BandedObjective(RegionObjective):
         grad, pixel = self.pixel_terms(image, gradient=gradient)
         sums: dict[str, torch.Tensor] = {}
         new_sums: dict[str, torch.Tensor] = {}
+        inputs, content_total = self._forward(image, sums, new_sums, content=not gradient)
+        gram_parts, style_matrices, new_matrices = self.gram_terms(sums, new_sums)
+        if gradient:
+            image_grad, content_total = self._backward(inputs, style_matrices, new_matrices)
+            variable.grad = grad + image_grad
+        parts = {"content": content_total, **gram_parts, **pixel}
+        return sum(parts.values()), parts
+
+    def _forward(self, image: torch.Tensor, sums: dict[str, torch.Tensor], new_sums: dict[str, torch.Tensor], *,
+                 content: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The no-grad pass: adds the read layers' Gram matrices to ``sums`` and ``new_sums``
+        (:meth:`add_grams`). Returns each block's input (``image``, pool1, ...; the last block's output is
+        not kept) and, with ``content``, the content terms (else 0)."""
         content_total = torch.zeros((), device=image.device)
-        inputs = [image]  # each block's input, kept for the backward pass
+        inputs = [image]
         with torch.no_grad():
             for i, block in enumerate(self.blocks):
                 x, last = inputs[-1], i == len(self.blocks) - 1
@@ -107,7 +120,7 @@ class BandedObjective(RegionObjective):
                     for layer, f in feats.items():
                         part, rows, cols = self._own(layer, f, band)
                         self.add_grams(sums, new_sums, layer, part, rows, cols)
-                        if not gradient:
+                        if content:
                             content_total = content_total + self.content_term(layer, part, rows, cols)
                     if not last:
                         own, rows, _ = self._own(block.modules[-1][0], y, band)
@@ -118,33 +131,37 @@ class BandedObjective(RegionObjective):
                     del y, feats
                 if not last:
                     inputs.append(out)
-        gram_parts, style_matrices, new_matrices = self.gram_terms(sums, new_sums)
-        if gradient:
-            out_grad = None  # the gradient of the loss at the block's output
-            for block in reversed(self.blocks):
-                x = inputs.pop()
-                in_grad = torch.zeros_like(x)
-                for band in self._bands(block, x):
-                    leaf = x[..., band.a:band.b, :].detach().requires_grad_(True)
-                    with torch.enable_grad():
-                        y, feats = self._run(block, leaf)
-                        roots, root_grads = [], []
-                        for layer, f in feats.items():
-                            surrogate, content = self.region_terms(layer, *self._own(layer, f, band),
-                                                                   style_matrices, new_matrices)
-                            content_total = content_total + content.detach()
-                            roots.append(surrogate + content)
-                            root_grads.append(None)
-                        if out_grad is not None:
-                            own, rows, _ = self._own(block.modules[-1][0], y, band)
-                            roots.append(own)
-                            root_grads.append(out_grad[..., rows, :])
-                        torch.autograd.backward(roots, root_grads)
-                    in_grad[..., band.a:band.b, :] += leaf.grad
-                    del leaf, y, feats, roots, root_grads
-                del x
-                out_grad = in_grad
-            grad += out_grad
-            variable.grad = grad
-        parts = {"content": content_total, **gram_parts, **pixel}
-        return sum(parts.values()), parts
+        return inputs, content_total
+
+    def _backward(self, inputs: list[torch.Tensor], style_matrices: dict[str, torch.Tensor],
+                  new_matrices: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The blocks in reverse, each band recomputed with its graph and back-propagated from its output
+        rows' gradient and its read layers' terms (:meth:`region_terms`). Empties ``inputs`` (each block's
+        input freed once its gradient is made). Returns the image's gradient ``(1, 3, H, W)`` and the
+        content terms (detached)."""
+        content_total = torch.zeros((), device=inputs[0].device)
+        out_grad = None  # the gradient of the loss at the block's output
+        for block in reversed(self.blocks):
+            x = inputs.pop()
+            in_grad = torch.zeros_like(x)
+            for band in self._bands(block, x):
+                leaf = x[..., band.a:band.b, :].detach().requires_grad_(True)
+                with torch.enable_grad():
+                    y, feats = self._run(block, leaf)
+                    roots, root_grads = [], []
+                    for layer, f in feats.items():
+                        surrogate, content = self.region_terms(layer, *self._own(layer, f, band),
+                                                               style_matrices, new_matrices)
+                        content_total = content_total + content.detach()
+                        roots.append(surrogate + content)
+                        root_grads.append(None)
+                    if out_grad is not None:
+                        own, rows, _ = self._own(block.modules[-1][0], y, band)
+                        roots.append(own)
+                        root_grads.append(out_grad[..., rows, :])
+                    torch.autograd.backward(roots, root_grads)
+                in_grad[..., band.a:band.b, :] += leaf.grad
+                del leaf, y, feats, roots, root_grads
+            del x
+            out_grad = in_grad
+        return out_grad, content_total
