@@ -445,7 +445,10 @@ def section_tiled(report: Report, budget: Budget, args, rgb: np.ndarray, device:
     """Issue 17 on the device: at --tiled-sizes, the memory plan for --tiled-memory GiB (tiles, L-BFGS
     pairs), run as the CLI runs it, under a hard cap of --tiled-memory GiB (``Stylizer.plan_memory``
     caps the allocator): OOM or its peak (max allocated and max reserved) over a full history, and
-    seconds per iteration against the same frame untiled, uncapped, with the same pairs."""
+    seconds per iteration against the same frame in bands under the same cap (where the plan is tiles:
+    bands are the CPU's plan, unmeasured on a GPU) and untiled, uncapped, with the same pairs."""
+    from videostyle.model.banded import BandedObjective
+    from videostyle.model.memory import BANDS
     from videostyle.model.tiled import TiledObjective
     from videostyle.model.tiling import TILE_HALO, tile_grid
     for size in args.tiled_sizes:
@@ -457,9 +460,12 @@ def section_tiled(report: Report, budget: Budget, args, rgb: np.ndarray, device:
         st.plan_memory(size, tile=args.tiled_tile, max_memory=int(args.tiled_memory * 2**30))
         iters = min(args.memory_iters, st.history + 2)  # the history full from its last pair on
         row = dict(size=f"{size[0]}x{size[1]}", precision=args.tiled_precision, budget_gib=args.tiled_memory,
-                   tile=st.tile, grid="x".join(map(str, tile_grid(size[1], size[0], st.tile))) if st.tile else "1x1",
-                   lbfgs_pairs=st.history, iterations=iters)
-        for mode in ("tiled", "untiled"):
+                   tile=st.tile, lbfgs_pairs=st.history, iterations=iters,
+                   grid=("x".join(map(str, tile_grid(size[1], size[0], st.tile))) if isinstance(st.tile, int)
+                         else st.tile or "1x1"))
+        for mode in ("tiled", "bands", "untiled"):
+            if mode == "bands" and st.tile == BANDS:
+                continue  # the plan's own mode: the tiled row has it
             if mode == "untiled" and budget.left() < 60:
                 break
             if device.type == "cuda":
@@ -467,8 +473,13 @@ def section_tiled(report: Report, budget: Budget, args, rgb: np.ndarray, device:
                     torch.cuda.set_per_process_memory_fraction(1.0, device.index or 0)
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
-            objective = (TiledObjective(st.encoder, s.content, st.targets, st.loss_weights, s.objective.temporal,
-                                        tile=st.tile, halo=TILE_HALO) if mode == "tiled" and st.tile else s.objective)
+            if mode == "bands" or (mode == "tiled" and st.tile == BANDS):
+                objective = BandedObjective(st.encoder, s.content, st.targets, st.loss_weights, s.objective.temporal)
+            elif mode == "tiled" and st.tile:
+                objective = TiledObjective(st.encoder, s.content, st.targets, st.loss_weights, s.objective.temporal,
+                                           tile=st.tile, halo=TILE_HALO)
+            else:
+                objective = s.objective
             try:
                 t = time.perf_counter()
                 stylize_frame(objective, s.content, iterations=iters, evaluate_result=False,
@@ -481,8 +492,9 @@ def section_tiled(report: Report, budget: Budget, args, rgb: np.ndarray, device:
             except torch.OutOfMemoryError:
                 row[f"{mode}_ms"] = "OOM"
             del objective
-        if isinstance(row.get("untiled_ms"), float) and isinstance(row.get("tiled_ms"), float):
-            row["tiled_over_untiled"] = row["tiled_ms"] / row["untiled_ms"]
+        for mode in ("tiled", "bands"):
+            if isinstance(row.get("untiled_ms"), float) and isinstance(row.get(f"{mode}_ms"), float):
+                row[f"{mode}_over_untiled"] = row[f"{mode}_ms"] / row["untiled_ms"]
         report.row("tiled", **row)
         del s, st
     if device.type == "cuda":  # the later sections run uncapped

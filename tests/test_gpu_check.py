@@ -79,6 +79,7 @@ def test_gpu_check_smoke_writes_every_section(tmp_path):
     tiled = report["sections"]["tiled"][0]
     assert (tiled["tile"], tiled["grid"], tiled["lbfgs_pairs"]) == (96, "2x3", 50)
     assert tiled["tiled_ms"] > 0 and tiled["untiled_ms"] > 0 and tiled["tiled_over_untiled"] > 0
+    assert tiled["bands_ms"] > 0 and tiled["bands_over_untiled"] > 0
     e2e = report["sections"]["e2e"][0]
     assert e2e["frames"] == 4 and e2e["optimise_share"] > 0
     assert (out / "gpu_check.md").read_text().startswith("# videostyle GPU check (smoke, CPU)")
