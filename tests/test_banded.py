@@ -128,12 +128,16 @@ def test_the_plan_uses_bands_on_the_cpu_in_fp32():
     # VGG's share, fitted to the measured peak (docs/BENCHMARKS.md, "Bands"): 778 MiB at 1080p, 426 MiB
     # at 540p (the block outputs and gradients scale with the frame; a band's maps do not).
     assert abs(vgg / 2**20 - 778) < 5 and abs(memory.banded_bytes(960, 540, names) / 2**20 - 426) < 5
-    # The whole frame still runs untiled when it fits, and too little memory is one line.
+    # The whole frame still runs untiled when it fits.
     whole = memory.estimate_peak_bytes(1920, 1080, names, history_size=50)["total"]
     assert memory.plan_memory(1920, 1080, names, budget_bytes=int(whole * 1.15) + 1, bands=True, **kw).tile is None
-    with pytest.raises(ValueError, match=r"^1080x1920 px needs at least \d+ MiB \(.* VGG in bands \d+ MiB\), "
-                                         r"more than 512 MiB$"):
-        memory.plan_memory(1920, 1080, names, budget_bytes=512 << 20, bands=True, **kw)
+    # Bands hold the block outputs of the whole frame: where not even 5 pairs fit with them, tiles, whose
+    # crops shrink; and too little for any tile is one line.
+    small = memory.plan_memory(1920, 1080, names, budget_bytes=bands.peak_bytes // 2, bands=True, **kw)
+    assert isinstance(small.tile, int) and small.history == memory.MIN_HISTORY
+    with pytest.raises(ValueError, match=r"^1080x1920 px needs at least \d+ MiB \(.* the smallest tile's VGG \d+ MiB\), "
+                                         r"more than \d+ MiB$"):
+        memory.plan_memory(1920, 1080, names, budget_bytes=256 << 20, bands=True, **kw)
 
 
 def test_a_banded_plan_makes_a_banded_objective(monkeypatch):

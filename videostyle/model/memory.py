@@ -211,8 +211,8 @@ def plan_memory(height: int, width: int, stack: Sequence[str], *, budget_bytes: 
                 weights_bytes: int = 0, bands: bool = False, overhead: float = 1.0) -> MemoryPlan:
     """The plan for frames of ``height x width`` px in ``budget_bytes``: untiled when the whole frame fits
     at ``history_size``. Else, with ``bands`` (:func:`~videostyle.model.banded.uses_bands`): VGG in bands,
-    with as many correction pairs as fit (down to :data:`MIN_HISTORY`). Else tiles, keeping the history
-    while the tile grid is no finer than :data:`EFFICIENT_TILE`'s; else fewer correction pairs (down to
+    with as many correction pairs as fit (down to :data:`MIN_HISTORY`). Else (or where not even that
+    fits) tiles, keeping the history while the tile grid is no finer than :data:`EFFICIENT_TILE`'s; else fewer correction pairs (down to
     :data:`MIN_HISTORY`) for tiles that large; else the largest tile that fits at :data:`MIN_HISTORY`.
 
     ``overhead``: the measured peak over the model's for the untiled and tiled estimates (the
@@ -220,8 +220,8 @@ def plan_memory(height: int, width: int, stack: Sequence[str], *, budget_bytes: 
     banded estimate was fitted to the measured peak (:func:`banded_bytes`) and fits ``budget_bytes``.
     ``peak_bytes`` is the model's, without the overhead.
 
-    Raises ValueError when nothing fits with the fewest pairs (not even a ``4 * ALIGN`` px tile): then
-    the size is what must shrink.
+    Raises ValueError when nothing fits with the fewest pairs (not even a ``4 * ALIGN`` px tile: bands,
+    which hold more of the whole frame, fit less): then the size is what must shrink.
     """
     kw = dict(precision=precision, read_layers=read_layers, weights_bytes=weights_bytes)
     whole = estimate_peak_bytes(height, width, stack, history_size=history_size, **kw)["total"]
@@ -229,32 +229,29 @@ def plan_memory(height: int, width: int, stack: Sequence[str], *, budget_bytes: 
     if whole <= modelled_budget:
         return MemoryPlan(None, history_size, whole)
     fewest = min(MIN_HISTORY, history_size)
-    fixed = frame_bytes(height, width) + weights_bytes
     if bands:
         vgg = banded_bytes(height, width, stack)
         for history in range(history_size, fewest - 1, -1):
-            peak = fixed + lbfgs_bytes(height, width, history_size=history) + vgg
+            peak = frame_bytes(height, width) + weights_bytes + lbfgs_bytes(height, width, history_size=history) + vgg
             if peak <= budget_bytes:
                 return MemoryPlan(BANDS, history, peak)
-        smallest, what = fixed + lbfgs_bytes(height, width, history_size=fewest) + vgg, "VGG in bands"
-    else:
-        efficient = tile_grid(height, width, EFFICIENT_TILE)
-        for history in range(history_size, fewest - 1, -1):
-            tile = choose_tile(height, width, stack, budget_bytes=modelled_budget, halo=halo,
-                               history_size=history, **kw)
-            if tile is None:
-                continue
-            rows, cols = tile_grid(height, width, tile)
-            if rows * cols <= efficient[0] * efficient[1] or history == fewest:
-                return MemoryPlan(tile, history, tiled_peak_bytes(height, width, stack, tile=tile, halo=halo,
-                                                                  history_size=history, **kw))
-        smallest = tiled_peak_bytes(height, width, stack, tile=4 * ALIGN, halo=halo, history_size=fewest, **kw)
-        what = "the smallest tile's VGG"
-        budget_bytes = modelled_budget  # what the tiles' estimate must fit
-    fixed += lbfgs_bytes(height, width, history_size=fewest)
+        # Bands keep the block outputs and two gradients of the whole frame: where even the fewest pairs
+        # do not fit, tiles, whose crops can shrink (the model's largest 16:9 frame in 2.5 GiB: 2752x1548
+        # in bands, 3840x2160 on tiles).
+    efficient = tile_grid(height, width, EFFICIENT_TILE)
+    for history in range(history_size, fewest - 1, -1):
+        tile = choose_tile(height, width, stack, budget_bytes=modelled_budget, halo=halo, history_size=history, **kw)
+        if tile is None:
+            continue
+        rows, cols = tile_grid(height, width, tile)
+        if rows * cols <= efficient[0] * efficient[1] or history == fewest:
+            return MemoryPlan(tile, history, tiled_peak_bytes(height, width, stack, tile=tile, halo=halo,
+                                                              history_size=history, **kw))
+    smallest = tiled_peak_bytes(height, width, stack, tile=4 * ALIGN, halo=halo, history_size=fewest, **kw)
+    fixed = frame_bytes(height, width) + lbfgs_bytes(height, width, history_size=fewest) + weights_bytes
     raise ValueError(f"{width}x{height} px needs at least {smallest / 2**20:.0f} MiB (the frame, its L-BFGS "
-                     f"history of {fewest} pairs and the weights {fixed / 2**20:.0f} MiB, {what} "
-                     f"{(smallest - fixed) / 2**20:.0f} MiB), more than {budget_bytes / 2**20:.0f} MiB")
+                     f"history of {fewest} pairs and the weights {fixed / 2**20:.0f} MiB, the smallest tile's "
+                     f"VGG {(smallest - fixed) / 2**20:.0f} MiB), more than {modelled_budget / 2**20:.0f} MiB")
 
 
 def release_free_memory() -> None:
