@@ -135,8 +135,8 @@ def test_the_plan_uses_bands_on_the_cpu_in_fp32():
     # crops shrink; and too little for any tile is one line.
     small = memory.plan_memory(1920, 1080, names, budget_bytes=bands.peak_bytes // 2, bands=True, **kw)
     assert isinstance(small.tile, int) and small.history == memory.MIN_HISTORY
-    with pytest.raises(ValueError, match=r"^1080x1920 px needs at least \d+ MiB \(.* the smallest tile's VGG \d+ MiB\), "
-                                         r"more than \d+ MiB$"):
+    with pytest.raises(ValueError, match=r"^1080x1920 px needs at least \d+ MiB \(.* the smallest tile's "
+                                         r"VGG \d+ MiB\), more than \d+ MiB$"):
         memory.plan_memory(1920, 1080, names, budget_bytes=256 << 20, bands=True, **kw)
 
 

@@ -160,8 +160,8 @@ class Stylizer:
 
     ``tile``: evaluate VGG on tiles of at most this many px a side (:mod:`videostyle.model.tiled`) when the
     frame is larger; :data:`~videostyle.model.memory.BANDS`: block by block in bands of rows
-    (:mod:`videostyle.model.banded`); None: the whole frame at once. :meth:`plan_memory` sets it, and ``history`` (the
-    L-BFGS correction pairs), for a memory budget.
+    (:mod:`videostyle.model.banded`); None: the whole frame at once. :meth:`plan_memory` sets it, and
+    ``history`` (the L-BFGS correction pairs), for a memory budget.
     """
 
     on_step: Callable[[], None] | None = None  # called after each optimiser iteration (a progress bar)

@@ -212,8 +212,9 @@ def plan_memory(height: int, width: int, stack: Sequence[str], *, budget_bytes: 
     """The plan for frames of ``height x width`` px in ``budget_bytes``: untiled when the whole frame fits
     at ``history_size``. Else, with ``bands`` (:func:`~videostyle.model.banded.uses_bands`): VGG in bands,
     with as many correction pairs as fit (down to :data:`MIN_HISTORY`). Else (or where not even that
-    fits) tiles, keeping the history while the tile grid is no finer than :data:`EFFICIENT_TILE`'s; else fewer correction pairs (down to
-    :data:`MIN_HISTORY`) for tiles that large; else the largest tile that fits at :data:`MIN_HISTORY`.
+    fits) tiles, keeping the history while the tile grid is no finer than :data:`EFFICIENT_TILE`'s;
+    else fewer correction pairs (down to :data:`MIN_HISTORY`) for tiles that large; else the largest
+    tile that fits at :data:`MIN_HISTORY`.
 
     ``overhead``: the measured peak over the model's for the untiled and tiled estimates (the
     allocator's pieces, oneDNN's and cuDNN's scratch): they must fit ``budget_bytes / overhead``. The

@@ -8,8 +8,8 @@ style targets (Gram matrices are normalised by C*H*W, so targets made at the wor
 size; the style's texture keeps its size in pixels).
 
 Memory stays bounded: VGG runs in bands or on tiles where a step's frame needs more than the budget
-(:mod:`videostyle.model.banded`, :mod:`videostyle.model.tiled`: the same result), and L-BFGS keeps at most :data:`REFINE_HISTORY` correction
-pairs (each two ``3 x H x W`` float32 vectors: 290 MB at 4032x3024).
+(:mod:`videostyle.model.banded`, :mod:`videostyle.model.tiled`: the same result), and L-BFGS keeps at
+most :data:`REFINE_HISTORY` correction pairs (each two ``3 x H x W`` float32 vectors: 290 MB at 4032x3024).
 
 Convention: sizes are ``(W, H)`` px; pictures ``(H, W, 3)`` uint8 RGB.
 """
