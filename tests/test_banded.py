@@ -155,3 +155,15 @@ def test_a_banded_plan_makes_a_banded_objective(monkeypatch):
     targets = compute_style_targets(stylizer.encoder, [content], [1.0], ["relu1_1", "relu2_1"])
     weights = LossWeights(1.0, 1.0, 0.0, {"relu2_1": 1.0}, {"relu1_1": 0.5, "relu2_1": 0.5})
     assert isinstance(stylizer.make_objective(stylizer.encoder, content, targets, weights), BandedObjective)
+
+
+def test_bands_with_autocast_are_refused_in_one_line():
+    from videostyle.config import StyleConfig
+    from videostyle.errors import InputError
+    from videostyle.step import Stylizer
+
+    stylizer = Stylizer.__new__(Stylizer)
+    stylizer.cfg, stylizer.device, stylizer.precision = StyleConfig(styles=("s.png",)), torch.device("cpu"), "bf16"
+    with pytest.raises(InputError, match=r"^--tile bands runs VGG in fp32, not --precision bf16: drop one of them, "
+                                         r"or give --tile PX$"):
+        stylizer.plan_memory((64, 48), tile=memory.BANDS)

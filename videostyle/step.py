@@ -283,6 +283,9 @@ class Stylizer:
         self.history = wanted
         bound_memory(self.device, max_memory)
         if tile is not None:
+            if tile == memory.BANDS and self.precision != "fp32":
+                raise InputError(f"--tile bands runs VGG in fp32, not --precision {self.precision}: drop one of them, "
+                                 f"or give --tile PX")
             self.tile = tile
             return
         self.tile = None
