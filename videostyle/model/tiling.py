@@ -41,10 +41,13 @@ FEATURE_PASS_TILE = 512
 # each of the block's maps over the band, its context included (the convolutions' output channels x its
 # rows x the map's width, float32), within this many bytes: at 1080 px wide, 52 rows of the first block's
 # own and 4 of context. Under glibc's mmap threshold as --max-memory sets it (memory.MMAP_THRESHOLD), so
-# the bands' maps are reused from the heap instead of mapped afresh for each band. Each band recomputes
-# its context, but measured the size matters little: 16, 32 and 64 MiB took 45.0, 42.9 and 45.8 s on a
-# 1080x1920 frame (docs/BENCHMARKS.md, "Bands").
+# the bands' maps are reused from the heap instead of mapped afresh for each band (measured, 32 MiB maps
+# took 14% longer under that threshold than under glibc's own). Each band recomputes its context, but
+# the size matters little: 12, 16, 32 and 64 MiB maps took 46.0, 44.7, 42.9 and 45.8 s on a 1080x1920
+# frame (docs/BENCHMARKS.md, "Bands").
 BAND_BYTES = 15 << 20
+
+Encoder = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
