@@ -70,12 +70,17 @@ class BandedObjective(RegionObjective):
         self.band_kw = {} if band_bytes is None else {"band_bytes": band_bytes}
 
     def _bands(self, block: _Block, x: torch.Tensor) -> list[Band]:
-        """The bands of ``block`` over its input ``x`` ``(1, C, h, w)``. First the C library's heap gives
-        back what the last block's bands freed: each block's bands have maps of other sizes, and kept,
-        those pieces added 200 MiB to a 1080x1920 frame's peak (docs/BENCHMARKS.md, "Bands")."""
-        memory.release_free_memory()
+        """The bands of ``block`` over its input ``x`` ``(1, C, h, w)``."""
         rows = band_rows(max(block.channels, 1), x.shape[-1], block.convs, **self.band_kw)
         return plan_bands(x.shape[-2], rows, block.convs)
+
+    @staticmethod
+    def _start_block(x: torch.Tensor) -> None:
+        """Before each block (either pass) the C library's heap gives back what the last block's bands
+        freed: each block's bands have maps of other sizes, and kept, those pieces added 200 MiB to a
+        1080x1920 frame's peak on the CPU (docs/BENCHMARKS.md, "Bands")."""
+        if x.device.type == "cpu":
+            memory.release_free_memory()
 
     def _run(self, block: _Block, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The block on input rows ``x``: its output and its read layers' maps."""
@@ -114,6 +119,7 @@ class BandedObjective(RegionObjective):
         with torch.no_grad():
             for i, block in enumerate(self.blocks):
                 x, last = inputs[-1], i == len(self.blocks) - 1
+                self._start_block(x)
                 out = None
                 for band in self._bands(block, x):
                     y, feats = self._run(block, x[..., band.a:band.b, :])
@@ -143,6 +149,7 @@ class BandedObjective(RegionObjective):
         out_grad = None  # the gradient of the loss at the block's output
         for block in reversed(self.blocks):
             x = inputs.pop()
+            self._start_block(x)
             in_grad = torch.zeros_like(x)
             for band in self._bands(block, x):
                 leaf = x[..., band.a:band.b, :].detach().requires_grad_(True)

@@ -430,14 +430,6 @@ class VGGEncoder(nn.Module):
         """``image`` ``(B, 3, H, W)`` in [0, 1] as VGG takes it (ImageNet mean and std)."""
         return (image - self.mean) / self.std
 
-    def split_after(self, layer: str) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
-        """The stack's ``(name, module)`` pairs up to and including ``layer``, and those after it, to run
-        apart with :func:`run_layers` on :meth:`normalise`'s output (as fp32: without the autocast and
-        fp16 scaling :meth:`forward` adds)."""
-        children = list(self.stack.named_children())
-        cut = [name for name, _ in children].index(layer) + 1
-        return children[:cut], children[cut:]
-
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.normalise(image)
         if self.autocast_dtype is None:
